@@ -1,0 +1,255 @@
+"""Argument parsing and the subcommands; the work itself lives in the modules they call."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from gateway.config import Config, ConfigError, config_path, load_config
+from gateway.server import routes_table, serve, table
+
+
+class Failure(Exception):
+    """A refused or failed command: exit 1 with this one-line reason."""
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args.config))
+
+
+# -- check / run / demo -----------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{config.source}: ok, {len(config.routes)} route(s)")
+    print(routes_table(config))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise Failure("--workers must be at least 1")
+    serve(_load(args), args.workers)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo.runner import run_demo
+
+    return run_demo(args.config)
+
+
+# -- users ------------------------------------------------------------------------------
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        if password.endswith("\r"):
+            password = password[:-1]
+    else:
+        if not sys.stdin.isatty():
+            raise Failure("no terminal to prompt on; use --password-stdin")
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Repeat password: "):
+            raise Failure("the passwords do not match")
+    if not password:
+        raise Failure("the password must not be empty")
+    return password
+
+
+def _roles(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(r.strip() for r in value.split(",") if r.strip())
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from gateway.users.file import UsersFileError, read_users, remove_user, set_user
+
+    config = _load(args)
+    if config.auth.users != "file":
+        raise Failure('users are managed in the SQL database (auth.users = "sql")')
+    path = config.auth.users_file
+    try:
+        if args.users_command == "list":
+            users = read_users(path)
+            rows = [["USER", "ROLES"]] + [
+                [name, ",".join(users[name].roles) or "-"] for name in sorted(users)
+            ]
+            print(table(rows))
+        elif args.users_command == "add":
+            if args.name.strip().lower() in read_users(path):
+                raise Failure(f"user {args.name!r} exists; use `gateway users passwd`")
+            record = set_user(path, args.name, _password(args), _roles(args.roles) or ())
+            print(f"added {record.name} (roles: {','.join(record.roles) or '-'}) to {path}")
+        elif args.users_command == "passwd":
+            if args.name.strip().lower() not in read_users(path):
+                raise Failure(f"no user {args.name!r}")
+            record = set_user(path, args.name, _password(args), _roles(args.roles))
+            print(f"changed the password of {record.name}")
+        elif args.users_command == "remove":
+            remove_user(path, args.name)
+            print(f"removed {args.name}")
+    except UsersFileError as exc:
+        raise Failure(str(exc)) from None
+    return 0
+
+
+# -- keys -------------------------------------------------------------------------------
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from gateway.keys import KeyFileError, load_keys, retire_key, write_key
+
+    config = _load(args)
+    if config.keys.algorithm == "HS256":
+        raise Failure("HS256 uses keys.secret; rotate it by changing the secret")
+    directory = config.keys.dir
+    try:
+        if args.keys_command == "list":
+            keys = [k for k in load_keys(directory) if k.algorithm == config.keys.algorithm]
+            rows = [["KID", "ALGORITHM", "STATE"]]
+            for index, key in enumerate(keys):
+                state = "active (signs)" if index == len(keys) - 1 else "verifies"
+                rows.append([key.kid, key.algorithm, state])
+            print(table(rows))
+        elif args.keys_command == "rotate":
+            kid = write_key(directory, config.keys.algorithm)
+            print(f"new signing key {kid}; earlier keys keep verifying until retired")
+        elif args.keys_command == "retire":
+            retire_key(directory, args.kid)
+            print(f"retired {args.kid}")
+    except KeyFileError as exc:
+        raise Failure(str(exc)) from None
+    return 0
+
+
+# -- sessions ---------------------------------------------------------------------------
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from gateway.store import open_store
+    from gateway.store.base import StoreUnavailable
+
+    config = _load(args)
+
+    async def work() -> int:
+        store = open_store(config.store.url, config.base_dir)
+        try:
+            if args.sessions_command == "list":
+                sessions = await store.list_sessions(args.user, time.time())
+                rows = [["SID", "CREATED", "LAST SEEN", "STATE"]]
+                for s in sorted(sessions, key=lambda s: s.created):
+                    rows.append([s.sid, _when(s.created), _when(s.last_seen), _state(s)])
+                print(table(rows))
+            else:
+                target = args.target
+                if await store.get_session(target) is not None:
+                    await store.revoke_session(target)
+                    print(f"revoked session {target}")
+                else:
+                    count = await store.revoke_user_sessions(target)
+                    print(f"revoked {count} session(s) of {target}")
+        except StoreUnavailable as exc:
+            raise Failure(f"store unavailable: {exc}") from None
+        finally:
+            await store.close()
+        return 0
+
+    return asyncio.run(work())
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _state(session) -> str:
+    return "revoked" if session.revoked else "active"
+
+
+# -- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `gateway` command line."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        help="config file (default: $GATEWAY_CONFIG, else ./gateway.toml)",
+    )
+    parser = argparse.ArgumentParser(prog="gateway", description="Authenticating reverse proxy.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="serve the gateway")
+    run.add_argument("--workers", type=int, default=1)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", parents=[common], help="validate the config, print routes")
+    check.set_defaults(func=cmd_check)
+
+    demo = sub.add_parser("demo", parents=[common], help="gateway + demo apps + demo user")
+    demo.set_defaults(func=cmd_demo)
+
+    users = sub.add_parser("users", help="manage the users file")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    add = users_sub.add_parser("add", parents=[common])
+    add.add_argument("name")
+    add.add_argument("--roles", help="comma-separated roles")
+    add.add_argument("--password-stdin", action="store_true")
+    passwd = users_sub.add_parser("passwd", parents=[common])
+    passwd.add_argument("name")
+    passwd.add_argument("--roles", help="replace the roles too")
+    passwd.add_argument("--password-stdin", action="store_true")
+    remove = users_sub.add_parser("remove", parents=[common])
+    remove.add_argument("name")
+    users_sub.add_parser("list", parents=[common])
+    users.set_defaults(func=cmd_users)
+
+    keys = sub.add_parser("keys", help="signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("rotate", parents=[common])
+    keys_sub.add_parser("list", parents=[common])
+    retire = keys_sub.add_parser("retire", parents=[common])
+    retire.add_argument("kid")
+    keys.set_defaults(func=cmd_keys)
+
+    sessions = sub.add_parser("sessions", help="list or revoke sessions")
+    sessions_sub = sessions.add_subparsers(dest="sessions_command", required=True)
+    slist = sessions_sub.add_parser("list", parents=[common])
+    slist.add_argument("user")
+    revoke = sessions_sub.add_parser("revoke", parents=[common])
+    revoke.add_argument("target", metavar="USER|SID")
+    sessions.set_defaults(func=cmd_sessions)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `gateway` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"error: {line}", file=sys.stderr)
+        print(f"{len(exc.errors)} error(s) in the config", file=sys.stderr)
+        return 1
+    except Failure as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

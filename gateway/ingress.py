@@ -1,0 +1,82 @@
+"""The first step of every request: framing checks, one normalized path, route or endpoint."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+
+from gateway.context import SCOPE_KEY, RequestContext
+from gateway.errors import send_error
+from gateway.headers import Network, client_view
+from gateway.routing import Refusal, Router, encode_path, normalize_path, under_prefix
+
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def framing_problem(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """Why the request's body framing is ambiguous (a smuggling vector), or None."""
+    lengths = [v for k, v in headers if k == b"content-length"]
+    encodings = [v for k, v in headers if k == b"transfer-encoding"]
+    if lengths and encodings:
+        return "both Content-Length and Transfer-Encoding"
+    if len(set(lengths)) > 1 or any(b"," in v for v in lengths):
+        return "conflicting Content-Length headers"
+    if lengths and not lengths[0].strip().isdigit():
+        return "invalid Content-Length"
+    if encodings and (len(encodings) > 1 or encodings[0].strip().lower() != b"chunked"):
+        return "unsupported Transfer-Encoding"
+    return None
+
+
+class Ingress:
+    """Pure ASGI: decide client view, request id and normalized path; match a route or refuse."""
+
+    def __init__(self, app, *, router: Router, prefix: str, trusted: Sequence[Network]) -> None:
+        self.app = app
+        self.router = router
+        self.prefix = prefix
+        self.trusted = tuple(trusted)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        view = client_view(scope, self.trusted)
+        request_id = self._request_id(scope, view.trusted)
+        headers = scope["headers"]
+        is_http = scope["type"] == "http"
+        problem = framing_problem(headers) if is_http else None
+        if problem is not None:
+            await send_error(send, 400, "bad_request", f"Refused: {problem}.")
+            return
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        path = normalize_path(raw_path)
+        if isinstance(path, Refusal):
+            if is_http:
+                await send_error(send, 400, "bad_request", f"Refused: {path.detail}.")
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        endpoint = under_prefix(path, self.prefix)
+        route = None if endpoint else self.router.match(view.host or None, path)
+        if route is None and not endpoint:
+            if is_http:
+                await send_error(send, 404, "not_found", "No route matches this path.")
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        ctx = RequestContext(
+            request_id=request_id, path=path, view=view, route=route, endpoint=endpoint
+        )
+        # everything downstream (Starlette's router included) sees only the normalized path
+        scope = {**scope, "path": path, "raw_path": encode_path(path), SCOPE_KEY: ctx}
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _request_id(scope, trusted: bool) -> str:
+        if trusted:
+            for key, value in scope["headers"]:
+                if key == b"x-request-id" and _REQUEST_ID.match(value):
+                    return value.decode("ascii")
+        return uuid.uuid4().hex

@@ -1,0 +1,133 @@
+"""Signing keys on disk: generate, rotate, retire, load.
+
+Each private key is one PEM file `<kid>.pem` (mode 0600) in the key directory. Key ids
+sort by creation time, so the newest file is the active signing key and older ones
+only verify until their tokens have expired and an operator retires them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+ASYMMETRIC = ("EdDSA", "ES256", "RS256")
+_KID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+class KeyFileError(Exception):
+    """A key file is missing, unreadable or of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """One key: its id, the algorithm it signs with, and the material PyJWT takes."""
+
+    kid: str
+    algorithm: str
+    private: object  # a cryptography private key, or bytes for HS256
+    public: object  # a cryptography public key, or bytes for HS256
+
+
+def _generate(algorithm: str) -> PrivateKey:
+    if algorithm == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    if algorithm == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if algorithm == "RS256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    raise KeyFileError(f"cannot generate a key for {algorithm!r}")
+
+
+def _algorithm_of(key: object) -> str | None:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "EdDSA"
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256"
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
+        return "RS256"
+    return None
+
+
+def new_kid(now: float | None = None) -> str:
+    """A sortable key id: UTC creation time and 32 random bits."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return f"{stamp}-{secrets.token_hex(4)}"
+
+
+def write_key(directory: Path, algorithm: str, now: float | None = None) -> str:
+    """Generate a key, write it as `<kid>.pem` with mode 0600, and return its kid."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = _generate(algorithm)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    kid = new_kid(now)
+    final = directory / f"{kid}.pem"
+    temp = directory / f".{kid}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+        handle.flush()
+        os.fsync(handle.fileno())
+    # rename is atomic: a replica reloading the directory never sees half a key
+    os.replace(temp, final)
+    return kid
+
+
+def ensure_key(directory: Path, algorithm: str) -> str | None:
+    """Create the first key if the directory holds none for this algorithm; return its kid."""
+    if algorithm not in ASYMMETRIC:
+        return None
+    if any(k.algorithm == algorithm for k in load_keys(directory)):
+        return None
+    return write_key(directory, algorithm)
+
+
+def load_keys(directory: Path) -> list[SigningKey]:
+    """Every usable key in the directory, oldest first; unreadable files raise KeyFileError."""
+    if not directory.is_dir():
+        return []
+    keys = []
+    for file in sorted(directory.glob("*.pem")):
+        kid = file.stem
+        if not _KID.match(kid):
+            continue
+        try:
+            private = serialization.load_pem_private_key(file.read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise KeyFileError(f"key {kid} cannot be loaded ({exc.__class__.__name__})") from None
+        algorithm = _algorithm_of(private)
+        if algorithm is None:
+            raise KeyFileError(f"key {kid} is of an unsupported type")
+        keys.append(SigningKey(kid, algorithm, private, private.public_key()))
+    return keys
+
+
+def retire_key(directory: Path, kid: str) -> None:
+    """Delete one key; refuse to delete the only or the active key of its algorithm."""
+    keys = load_keys(directory)
+    target = next((k for k in keys if k.kid == kid), None)
+    if target is None:
+        raise KeyFileError(f"no key with id {kid!r}")
+    same = [k for k in keys if k.algorithm == target.algorithm]
+    if same[-1].kid == kid:
+        raise KeyFileError(f"key {kid} is the active signing key; rotate first")
+    (directory / f"{kid}.pem").unlink()
+
+
+def secret_key(secret: str) -> SigningKey:
+    """The HS256 key from a shared secret; its kid is derived so every replica agrees."""
+    material = secret.encode("utf-8")
+    kid = "hs-" + hashlib.sha256(b"gateway-kid:" + material).hexdigest()[:16]
+    return SigningKey(kid, "HS256", material, material)

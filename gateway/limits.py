@@ -1,0 +1,50 @@
+"""Login limits: failure counters per user and per client address, lockout, kept in the store."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from gateway.config import LoginLimitsConfig
+from gateway.store.base import Store
+
+# one address may try several accounts (an office behind NAT), so it gets a wider budget
+ADDRESS_FACTOR = 4
+
+
+class LoginLimiter:
+    """Counts failed logins in the store, so every worker and replica shares the same counts."""
+
+    def __init__(self, store: Store, config: LoginLimitsConfig, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+
+    @staticmethod
+    def _keys(username: str, address: str) -> tuple[str, str]:
+        return f"login:user:{username}", f"login:addr:{address}"
+
+    async def retry_after(self, username: str, address: str) -> int | None:
+        """Seconds until this user or address may try again, or None when not locked out."""
+        now = self.clock()
+        until = 0.0
+        for key in self._keys(username, address):
+            locked = await self.store.lockout_until(key, now)
+            if locked is not None:
+                until = max(until, locked)
+        return max(1, math.ceil(until - now)) if until > now else None
+
+    async def failed(self, username: str, address: str) -> None:
+        """Record a failure for both the user and the address; lock out past the limit."""
+        now = self.clock()
+        user_key, addr_key = self._keys(username, address)
+        window = self.config.window
+        if await self.store.add_failure(user_key, now, window) >= self.config.max_failures:
+            await self.store.set_lockout(user_key, now + self.config.lockout, now)
+        limit = self.config.max_failures * ADDRESS_FACTOR
+        if await self.store.add_failure(addr_key, now, window) >= limit:
+            await self.store.set_lockout(addr_key, now + self.config.lockout, now)
+
+    async def succeeded(self, username: str) -> None:
+        """A good login forgets the user's earlier failures (not the address's)."""
+        await self.store.clear_failures(self._keys(username, "")[0])

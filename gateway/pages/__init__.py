@@ -1,0 +1,67 @@
+"""The gateway's own pages: sign-in form, message pages and their stylesheet (no JavaScript)."""
+
+from __future__ import annotations
+
+import html
+from functools import cache
+from importlib import resources
+from string import Template
+
+TITLES = {
+    400: "Bad request",
+    401: "Sign in required",
+    403: "Access denied",
+    404: "Not found",
+    405: "Method not allowed",
+    429: "Too many attempts",
+    502: "Upstream unavailable",
+    503: "Service unavailable",
+    504: "Upstream timed out",
+}
+
+
+@cache
+def _template(name: str) -> Template:
+    return Template(resources.files(__package__).joinpath(name).read_text(encoding="utf-8"))
+
+
+@cache
+def stylesheet() -> bytes:
+    """The CSS every page links to."""
+    return resources.files(__package__).joinpath("gateway.css").read_bytes()
+
+
+def render_login(
+    *, prefix: str, site: str, csrf: str, next_target: str, username: str = "", error: str = ""
+) -> str:
+    """The sign-in form; every value is escaped here."""
+    error_html = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    return _template("login.html").substitute(
+        prefix=html.escape(prefix),
+        site=html.escape(site),
+        csrf=html.escape(csrf),
+        next=html.escape(next_target),
+        username=html.escape(username),
+        error=error_html,
+    )
+
+
+def render_message(
+    *, prefix: str, title: str, detail: str, link: tuple[str, str] | None = None
+) -> str:
+    """A small page with a title, a sentence and an optional button link."""
+    action = ""
+    if link is not None:
+        href, text = link
+        action = f'<a class="button" href="{html.escape(href)}">{html.escape(text)}</a>'
+    return _template("message.html").substitute(
+        prefix=html.escape(prefix),
+        title=html.escape(title),
+        detail=html.escape(detail),
+        action=action,
+    )
+
+
+def render_error_page(status: int, detail: str, prefix: str = "/.auth") -> str:
+    """The HTML form of a gateway error, for browser navigations."""
+    return render_message(prefix=prefix, title=TITLES.get(status, "Error"), detail=detail)

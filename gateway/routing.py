@@ -1,0 +1,161 @@
+"""Path normalization and route lookup: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from gateway.config import Route
+
+# characters left as they are when the normalized path is encoded again for the upstream
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_HEX = b"0123456789abcdefABCDEF"
+# escapes that would let the upstream see a different path than the one we matched:
+# an encoded / \ ? # or NUL, and double encoding (%25 followed by two hex digits)
+_REFUSED_ESCAPES = {b"2f", b"5c", b"3f", b"23", b"00"}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request target is refused with 400."""
+
+    detail: str
+
+
+def normalize_path(raw_path: bytes) -> str | Refusal:
+    """Decode a raw request path and resolve dot-segments and repeated slashes, or refuse it."""
+    if not raw_path.startswith(b"/"):
+        return Refusal("the path must start with /")
+    out = bytearray()
+    i, n = 0, len(raw_path)
+    while i < n:
+        byte = raw_path[i]
+        if byte == 0x25:  # %
+            pair = raw_path[i + 1 : i + 3]
+            if len(pair) != 2 or pair[0] not in _HEX or pair[1] not in _HEX:
+                return Refusal("invalid percent-encoding in the path")
+            if pair.lower() in _REFUSED_ESCAPES:
+                return Refusal("encoded /, \\, ?, # or NUL in the path")
+            value = int(pair, 16)
+            if value < 0x20 or value == 0x7F:
+                return Refusal("control character in the path")
+            if value == 0x25 and raw_path[i + 3 : i + 5].strip(_HEX) == b"" and i + 5 <= n:
+                return Refusal("double percent-encoding in the path")
+            out.append(value)
+            i += 3
+            continue
+        if byte < 0x21 or byte >= 0x7F:
+            return Refusal("control character, space or non-ASCII byte in the path")
+        if byte == 0x5C:  # \
+            return Refusal("backslash in the path")
+        out.append(byte)
+        i += 1
+    try:
+        decoded = out.decode("utf-8")
+    except UnicodeDecodeError:
+        return Refusal("the path is not valid UTF-8")
+    if "\\" in decoded:
+        return Refusal("backslash in the path")
+    return _resolve_segments(decoded)
+
+
+def _resolve_segments(path: str) -> str | Refusal:
+    trailing = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
+    stack: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if stack:
+                stack.pop()
+            continue
+        # Tomcat and other servlet stacks read `..;x` as `..`: a dot segment in disguise
+        if segment.split(";", 1)[0] in (".", ".."):
+            return Refusal("dot segment with ; parameters in the path")
+        stack.append(segment)
+    result = "/" + "/".join(stack)
+    if trailing and stack:
+        result += "/"
+    return result
+
+
+def encode_path(path: str) -> bytes:
+    """Percent-encode a normalized path for the upstream (the inverse of normalize_path)."""
+    return quote(path, safe=_PATH_SAFE).encode("ascii")
+
+
+def match_key(path: str) -> str:
+    """The form of a path that route prefixes are compared with: `;params` dropped per segment.
+
+    Servlet stacks route `/admin;x=1/page` as `/admin/page`, so the policy must too.
+    """
+    if ";" not in path:
+        return path
+    return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
+
+
+def under_prefix(path: str, prefix: str, case_sensitive: bool = False) -> bool:
+    """True when `path` is `prefix` or below it on a segment boundary."""
+    if not case_sensitive:
+        path, prefix = path.lower(), prefix.lower()
+    if prefix == "/":
+        return True
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def strip_route_prefix(path: str, route: Route) -> str:
+    """The path below the route's prefix, for `strip_prefix = true`."""
+    if route.path == "/":
+        return path
+    rest = path[len(route.path) :]
+    return rest if rest.startswith("/") else "/" + rest
+
+
+_HOST_PORT = re.compile(r":\d+$")
+
+
+class Router:
+    """Longest-prefix route lookup; cost grows with the path's depth, not the number of routes."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        # (host or None, prefix) -> route, one table for exact case and one folded
+        self._exact: dict[tuple[str | None, str], Route] = {}
+        self._folded: dict[tuple[str | None, str], Route] = {}
+        self.routes = tuple(routes)
+        for route in self.routes:
+            if route.case_sensitive:
+                self._exact[(route.host, route.path)] = route
+            else:
+                self._folded[(route.host, route.path.lower())] = route
+        self._hosts = {route.host for route in self.routes if route.host}
+
+    def match(self, host: str | None, path: str) -> Route | None:
+        """The route for this host and normalized path, or None (404)."""
+        key = match_key(path)
+        folded = key.lower()
+        candidates: list[str | None] = []
+        if host:
+            host = host.lower()
+            bare = _HOST_PORT.sub("", host)
+            candidates = [h for h in (host, bare) if h in self._hosts]
+        candidates.append(None)
+        for candidate in candidates:
+            route = self._lookup(candidate, key, folded)
+            if route is not None:
+                return route
+        return None
+
+    def _lookup(self, host: str | None, key: str, folded: str) -> Route | None:
+        end = len(key)
+        while True:
+            prefix = key[:end] or "/"
+            route = self._exact.get((host, prefix)) or self._folded.get((host, folded[:end] or "/"))
+            if route is not None:
+                return route
+            if end == 0:
+                return None
+            end = key.rfind("/", 0, end)
+            if end < 0:
+                return None

@@ -1,0 +1,167 @@
+"""`redis://host:port/db`: shared by every replica behind a load balancer.
+
+Each session is a hash with a TTL just past its `expires`; a set per user lists
+its session ids; failures are a sorted set of timestamps (a sliding window) and
+a lockout is a key holding its end time. Times come from the caller, TTLs are
+only there so Redis forgets what nobody can use any more.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.store.base import Session, StoreUnavailable
+
+T = TypeVar("T")
+
+PREFIX = "gateway:"
+_TIMEOUT = 2.0  # seconds to connect or answer; past it the store counts as down
+
+
+def _ttl(seconds: float) -> int:
+    return max(1, math.ceil(seconds) + 1)
+
+
+class RedisStore:
+    """Sessions and counters in Redis (redis-py's asyncio client and its connection pool)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=_TIMEOUT,
+            socket_connect_timeout=_TIMEOUT,
+            health_check_interval=30,
+            decode_responses=True,
+        )
+
+    async def _do(self, awaitable: Awaitable[T]) -> T:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    @staticmethod
+    def _skey(sid: str) -> str:
+        return f"{PREFIX}session:{sid}"
+
+    @staticmethod
+    def _ukey(user: str) -> str:
+        return f"{PREFIX}user:{user}"
+
+    async def create_session(self, session: Session) -> None:
+        ttl = _ttl(session.expires - session.created)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self._skey(session.sid),
+                mapping={
+                    "user": session.user,
+                    "created": repr(session.created),
+                    "last_seen": repr(session.last_seen),
+                    "expires": repr(session.expires),
+                    "revoked": int(session.revoked),
+                },
+            )
+            pipe.expire(self._skey(session.sid), ttl)
+            pipe.sadd(self._ukey(session.user), session.sid)
+            pipe.expire(self._ukey(session.user), ttl, gt=True)
+            pipe.expire(self._ukey(session.user), ttl, nx=True)
+            await self._do(pipe.execute())
+
+    async def get_session(self, sid: str) -> Session | None:
+        data = await self._do(self.redis.hgetall(self._skey(sid)))
+        if not data or "user" not in data:
+            return None
+        try:
+            return Session(
+                sid=sid,
+                user=data["user"],
+                created=float(data["created"]),
+                last_seen=float(data["last_seen"]),
+                expires=float(data["expires"]),
+                revoked=data.get("revoked") == "1",
+            )
+        except (KeyError, ValueError):
+            return None  # a damaged record is no session
+
+    async def touch_session(self, sid: str, now: float) -> None:
+        # only an existing session is touched: HSET on a gone key would resurrect a stub
+        script = (
+            "if redis.call('EXISTS', KEYS[1]) == 1 then "
+            "return redis.call('HSET', KEYS[1], 'last_seen', ARGV[1]) end return 0"
+        )
+        await self._do(self.redis.eval(script, 1, self._skey(sid), repr(now)))
+
+    async def revoke_session(self, sid: str) -> bool:
+        script = (
+            "if redis.call('HGET', KEYS[1], 'revoked') == '0' then "
+            "redis.call('HSET', KEYS[1], 'revoked', '1') return 1 end return 0"
+        )
+        return bool(await self._do(self.redis.eval(script, 1, self._skey(sid))))
+
+    async def revoke_user_sessions(self, user: str) -> int:
+        sids = await self._do(self.redis.smembers(self._ukey(user)))
+        count = 0
+        for sid in sids:
+            if await self.revoke_session(sid):
+                count += 1
+        return count
+
+    async def list_sessions(self, user: str, now: float) -> list[Session]:
+        sids = await self._do(self.redis.smembers(self._ukey(user)))
+        found: list[Session] = []
+        gone: list[str] = []
+        for sid in sids:
+            session = await self.get_session(sid)
+            if session is None or session.expires <= now:
+                gone.append(sid)
+            elif session.user == user:
+                found.append(session)
+        if gone:
+            await self._do(self.redis.srem(self._ukey(user), *gone))
+        return sorted(found, key=lambda s: s.created)
+
+    async def add_failure(self, key: str, now: float, window: float) -> int:
+        name = f"{PREFIX}failures:{key}"
+        member = f"{now!r}:{secrets.token_hex(4)}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(name, "-inf", now - window)
+            pipe.zadd(name, {member: now})
+            pipe.zcard(name)
+            pipe.expire(name, _ttl(window))
+            results = await self._do(pipe.execute())
+        return int(results[2])
+
+    async def clear_failures(self, key: str) -> None:
+        await self._do(self.redis.delete(f"{PREFIX}failures:{key}"))
+
+    async def set_lockout(self, key: str, until: float, now: float) -> None:
+        name = f"{PREFIX}lockout:{key}"
+        current = await self.lockout_until(key, now)
+        if current is not None and current >= until:
+            return
+        # the stored end time, judged by the caller's clock, decides; the TTL only cleans up
+        await self._do(self.redis.set(name, repr(until), ex=_ttl(until - now)))
+
+    async def lockout_until(self, key: str, now: float) -> float | None:
+        value = await self._do(self.redis.get(f"{PREFIX}lockout:{key}"))
+        try:
+            until = float(value) if value is not None else None
+        except ValueError:
+            return None
+        return until if until is not None and until > now else None
+
+    async def ping(self) -> None:
+        await self._do(self.redis.ping())
+
+    async def close(self) -> None:
+        try:
+            await self.redis.aclose()
+        except (RedisError, OSError):
+            pass

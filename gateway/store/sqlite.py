@@ -1,0 +1,180 @@
+"""`sqlite:///path`: the embedded default, shared by every worker on one machine.
+
+One connection per process in WAL mode; calls run in a worker thread so a busy
+database never stalls the event loop, and a busy timeout lets workers take turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from gateway.store.base import Session, StoreUnavailable
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    sid TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    expires REAL NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user);
+CREATE TABLE IF NOT EXISTS failures (key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS failures_key ON failures (key, at);
+CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
+"""
+
+_COLUMNS = "sid, user, created, last_seen, expires, revoked"
+
+
+def _session(row: tuple) -> Session:
+    sid, user, created, last_seen, expires, revoked = row
+    return Session(sid, user, created, last_seen, expires, bool(revoked))
+
+
+class SqliteStore:
+    """Sessions and counters in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            try:
+                return work(self._connect())
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(self._call, work)
+
+    async def create_session(self, session: Session) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (
+                    session.sid,
+                    session.user,
+                    session.created,
+                    session.last_seen,
+                    session.expires,
+                    int(session.revoked),
+                ),
+            )
+
+        await self._run(work)
+
+    async def get_session(self, sid: str) -> Session | None:
+        def work(db: sqlite3.Connection) -> Session | None:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE sid = ?",  # noqa: S608
+                (sid,),
+            ).fetchone()
+            return _session(row) if row else None
+
+        return await self._run(work)
+
+    async def touch_session(self, sid: str, now: float) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE sessions SET last_seen = max(last_seen, ?) WHERE sid = ?", (now, sid)
+            )
+        )
+
+    async def revoke_session(self, sid: str) -> bool:
+        cursor = await self._run(
+            lambda db: db.execute(
+                "UPDATE sessions SET revoked = 1 WHERE sid = ? AND revoked = 0", (sid,)
+            )
+        )
+        return cursor.rowcount > 0
+
+    async def revoke_user_sessions(self, user: str) -> int:
+        cursor = await self._run(
+            lambda db: db.execute(
+                "UPDATE sessions SET revoked = 1 WHERE user = ? AND revoked = 0", (user,)
+            )
+        )
+        return cursor.rowcount
+
+    async def list_sessions(self, user: str, now: float) -> list[Session]:
+        def work(db: sqlite3.Connection) -> list[Session]:
+            db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE user = ? ORDER BY created",  # noqa: S608
+                (user,),
+            ).fetchall()
+            return [_session(row) for row in rows]
+
+        return await self._run(work)
+
+    async def add_failure(self, key: str, now: float, window: float) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM failures WHERE key = ? AND at <= ?", (key, now - window))
+                db.execute("INSERT INTO failures (key, at) VALUES (?, ?)", (key, now))
+                (count,) = db.execute(
+                    "SELECT count(*) FROM failures WHERE key = ?", (key,)
+                ).fetchone()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return int(count)
+
+        return await self._run(work)
+
+    async def clear_failures(self, key: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM failures WHERE key = ?", (key,)))
+
+    async def set_lockout(self, key: str, until: float, now: float) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "INSERT INTO lockouts (key, until) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET until = max(until, excluded.until)",
+                (key, until),
+            )
+        )
+
+    async def lockout_until(self, key: str, now: float) -> float | None:
+        def work(db: sqlite3.Connection) -> float | None:
+            row = db.execute("SELECT until FROM lockouts WHERE key = ?", (key,)).fetchone()
+            return row[0] if row and row[0] > now else None
+
+        return await self._run(work)
+
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        def work() -> None:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await asyncio.to_thread(work)

@@ -1,0 +1,260 @@
+"""Mint and verify JWTs: key lookup by kid, pinned algorithm, every claim required, JWKS."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from gateway.config import KeysConfig
+from gateway.keys import SigningKey, load_keys, secret_key
+
+LEEWAY = 30.0
+SESSION_CLAIMS = ("iss", "aud", "sub", "roles", "sid", "jti", "iat", "nbf", "exp")
+ASSERTION_TTL = 60
+MAX_TOKEN_BYTES = 4096
+# header parameters that name key material or change how the token is read: we honour none
+_FORBIDDEN_HEADERS = frozenset({"jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
+_RELOAD_EVERY = 5.0
+
+Clock = Callable[[], float]
+
+
+class TokenError(Exception):
+    """A token was refused; `reason` is a short code safe to log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TokenExpired(TokenError):
+    """Signature and claims are good but `exp` has passed: the session may still re-issue."""
+
+    def __init__(self, claims: Claims) -> None:
+        super().__init__("expired")
+        self.claims = claims
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The verified claims of a session token."""
+
+    sub: str
+    roles: tuple[str, ...]
+    sid: str
+    jti: str
+    iat: float
+    exp: float
+    kid: str
+
+
+class Keyring:
+    """The keys that sign and verify, reloaded from disk when an unknown kid shows up."""
+
+    def __init__(self, config: KeysConfig, clock: Clock = time.time) -> None:
+        self.config = config
+        self.algorithm = config.algorithm
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_load = 0.0
+        self._keys: dict[str, SigningKey] = {}
+        self.active: SigningKey
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the key directory (or the HS256 secret) again."""
+        if self.algorithm == "HS256":
+            keys = [secret_key(self.config.secret)]
+        else:
+            keys = [k for k in load_keys(self.config.dir) if k.algorithm == self.algorithm]
+        if not keys:
+            raise TokenError(f"no {self.algorithm} key in {self.config.dir}")
+        with self._lock:
+            self._keys = {k.kid: k for k in keys}
+            self.active = keys[-1]
+            self._last_load = self._clock()
+
+    def lookup(self, kid: str) -> SigningKey | None:
+        """The key with this id; an unknown id reloads the directory at most every few seconds."""
+        key = self._keys.get(kid)
+        if key is not None or self.algorithm == "HS256":
+            return key
+        if self._clock() - self._last_load >= _RELOAD_EVERY:
+            self.reload()
+            key = self._keys.get(kid)
+        return key
+
+    def maybe_refresh(self) -> None:
+        """Pick up a rotation made by another replica, checked at most every few seconds."""
+        if self.algorithm != "HS256" and self._clock() - self._last_load >= _RELOAD_EVERY:
+            self.reload()
+
+    @property
+    def kids(self) -> list[str]:
+        """Key ids, oldest first."""
+        return list(self._keys)
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys as a JWK Set (empty for HS256: a shared secret is never published)."""
+        if self.algorithm == "HS256":
+            return {"keys": []}
+        out = []
+        for key in self._keys.values():
+            jwk = _public_jwk(key)
+            jwk.update({"kid": key.kid, "alg": key.algorithm, "use": "sig"})
+            out.append(jwk)
+        return {"keys": out}
+
+
+def _public_jwk(key: SigningKey) -> dict[str, Any]:
+    if key.algorithm == "EdDSA":
+        return dict(OKPAlgorithm.to_jwk(key.public, as_dict=True))
+    if key.algorithm == "ES256":
+        return dict(ECAlgorithm.to_jwk(key.public, as_dict=True))
+    return dict(RSAAlgorithm.to_jwk(key.public, as_dict=True))
+
+
+class Tokens:
+    """Session tokens and upstream assertions for one gateway (issuer = public_url)."""
+
+    def __init__(self, keyring: Keyring, issuer: str, access_ttl: float, clock: Clock) -> None:
+        self.keyring = keyring
+        self.issuer = issuer
+        # the session audience is the gateway itself; route names (assertion audiences)
+        # cannot contain ':' so an assertion is never accepted as a session token
+        self.audience = issuer
+        self.access_ttl = access_ttl
+        self.clock = clock
+
+    def mint_session(self, sub: str, roles: tuple[str, ...], sid: str) -> tuple[str, Claims]:
+        """A signed session token for this user and session."""
+        now = int(self.clock())
+        exp = now + int(self.access_ttl)
+        jti = secrets.token_urlsafe(16)
+        payload = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": sub,
+            "roles": list(roles),
+            "sid": sid,
+            "jti": jti,
+            "iat": now,
+            "nbf": now,
+            "exp": exp,
+        }
+        key = self.keyring.active
+        token = jwt.encode(payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid})
+        return token, Claims(sub, tuple(roles), sid, jti, now, exp, key.kid)
+
+    def mint_assertion(
+        self, sub: str, roles: tuple[str, ...], route: str, method: str, path: str
+    ) -> str:
+        """A 60-second token telling one upstream (aud = route name) who is calling."""
+        now = int(self.clock())
+        payload = {
+            "iss": self.issuer,
+            "aud": route,
+            "sub": sub,
+            "roles": list(roles),
+            "method": method,
+            "path": path,
+            "jti": secrets.token_urlsafe(12),
+            "iat": now,
+            "nbf": now,
+            "exp": now + ASSERTION_TTL,
+        }
+        key = self.keyring.active
+        return jwt.encode(payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid})
+
+    def verify_session(self, token: str) -> Claims:
+        """Verify a session token; raise TokenExpired (with claims) or TokenError."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise TokenError("too large")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenError("malformed") from None
+        if _FORBIDDEN_HEADERS & set(header):
+            raise TokenError("forbidden header")
+        if header.get("alg") != self.keyring.algorithm:
+            raise TokenError("algorithm")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TokenError("no kid")
+        key = self.keyring.lookup(kid)
+        if key is None:
+            raise TokenError("unknown kid")
+        try:
+            # times are checked below against our own clock so tests can drive it
+            payload = jwt.decode(
+                token,
+                key.public,
+                algorithms=[self.keyring.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={
+                    "require": list(SESSION_CLAIMS),
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
+            )
+        except jwt.InvalidAudienceError:
+            raise TokenError("audience") from None
+        except jwt.InvalidIssuerError:
+            raise TokenError("issuer") from None
+        except jwt.MissingRequiredClaimError:
+            raise TokenError("missing claim") from None
+        except jwt.InvalidSignatureError:
+            raise TokenError("signature") from None
+        except jwt.PyJWTError:
+            raise TokenError("invalid") from None
+        claims = _session_claims(payload, kid)
+        now = self.clock()
+        if _number(payload["nbf"]) > now + LEEWAY or claims.iat > now + LEEWAY:
+            raise TokenError("not yet valid")
+        if claims.exp - claims.iat > self.access_ttl + LEEWAY:
+            raise TokenError("lifetime")
+        if claims.exp <= now - LEEWAY:
+            raise TokenExpired(claims)
+        return claims
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenError("claim type")
+    return float(value)
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise TokenError("claim type")
+    return value
+
+
+def _session_claims(payload: dict[str, Any], kid: str) -> Claims:
+    roles = payload["roles"]
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise TokenError("claim type")
+    return Claims(
+        sub=_string(payload["sub"]),
+        roles=tuple(roles),
+        sid=_string(payload["sid"]),
+        jti=_string(payload["jti"]),
+        iat=_number(payload["iat"]),
+        exp=_number(payload["exp"]),
+        kid=kid,
+    )
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url, as JOSE writes it."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")

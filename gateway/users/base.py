@@ -1,0 +1,22 @@
+"""What every credential backend returns and offers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class User:
+    """An authenticated user: the id goes in `sub`, the roles in `roles`."""
+
+    id: str
+    roles: tuple[str, ...] = field(default_factory=tuple)
+
+
+class UserBackend(Protocol):
+    """Checks a username and password; None for an unknown user or a wrong password alike."""
+
+    async def authenticate(self, username: str, password: str) -> User | None: ...
+
+    async def close(self) -> None: ...

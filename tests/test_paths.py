@@ -1,0 +1,181 @@
+"""Path normalization: what is matched is exactly what the upstream receives."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import Route
+from gateway.routing import Refusal, Router, encode_path, normalize_path
+from tests.conftest import Gateway
+from tests.rawhttp import get
+from tests.upstream import RecordingUpstream
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("/", "/"),
+        ("/a/b", "/a/b"),
+        ("/a/b/", "/a/b/"),
+        ("//a///b", "/a/b"),
+        ("/a/./b", "/a/b"),
+        ("/a/../b", "/b"),
+        ("/../../b", "/b"),
+        ("/a/%2e%2e/b", "/b"),
+        ("/a/%2E/b", "/a/b"),
+        ("/a/..", "/"),
+        ("/a/b/..", "/a/"),
+        ("/a%20b", "/a b"),
+        ("/caf%C3%A9", "/café"),
+        ("/a;x=1/b", "/a;x=1/b"),
+    ],
+)
+def test_normalize_path_resolves(raw: str, expected: str):
+    assert normalize_path(raw.encode()) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/a%2fb",
+        "/a%2Fb",
+        "/a%5cb",
+        "/a\\b",
+        "/a%00b",
+        "/a%3fb",
+        "/a%23b",
+        "/a%zz",
+        "/a%2",
+        "/a%252e%252e/b",
+        "/a%0d%0ab",
+        "/a%7f",
+        "/a/..;/b",
+        "/a/.;x/b",
+        "/a%ff",
+        "a/b",
+        "http://evil/a",
+    ],
+)
+def test_normalize_path_refuses(raw: str):
+    assert isinstance(normalize_path(raw.encode()), Refusal)
+
+
+def test_encode_path_is_the_inverse():
+    for path in ["/a b", "/café", "/a;b=c/d", "/x%y"]:
+        assert normalize_path(encode_path(path)) == path
+
+
+def _route(name: str, path: str, host: str | None = None, case_sensitive: bool = False) -> Route:
+    return Route(
+        name=name,
+        path=path,
+        upstream="http://127.0.0.1:1",
+        host=host,
+        case_sensitive=case_sensitive,
+    )
+
+
+ROUTER = Router(
+    [
+        _route("root", "/"),
+        _route("crm", "/crm"),
+        _route("crm-api", "/crm/api"),
+        _route("crm-host", "/crm", host="crm.example.com"),
+        _route("exact", "/Exact", case_sensitive=True),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "host,path,name",
+    [
+        (None, "/", "root"),
+        (None, "/crm", "crm"),
+        (None, "/crm/x", "crm"),
+        (None, "/crmx", "root"),
+        (None, "/crm/api/v1", "crm-api"),
+        (None, "/CRM/API", "crm-api"),
+        ("crm.example.com", "/crm/x", "crm-host"),
+        ("crm.example.com:8000", "/crm/x", "crm-host"),
+        ("CRM.Example.com", "/crm/x", "crm-host"),
+        ("other.example.com", "/crm/x", "crm"),
+        (None, "/crm;jsessionid=1/x", "crm"),
+        (None, "/Exact/x", "exact"),
+        (None, "/exact/x", "root"),
+    ],
+)
+def test_router_longest_prefix_on_segments(host, path, name):
+    route = ROUTER.match(host, path)
+    assert route is not None and route.name == name
+
+
+def test_router_without_root_returns_none():
+    router = Router([_route("a", "/a")])
+    assert router.match(None, "/b") is None
+    assert router.match(None, "/ab") is None
+
+
+# -- against the running gateway (raw sockets: httpx would normalize first) ----------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/app/../admin/x",
+        "/ADMIN/x",
+        "/pub/%2e%2e/admin/x",
+        "//admin/x",
+        "/admin;x=1/y",
+        "/Admin/./x",
+    ],
+    ids=["dotdot", "uppercase", "encoded-dotdot", "double-slash", "semicolon", "mixed-case-dot"],
+)
+def test_disguised_admin_paths_hit_the_admin_policy(gateway: Gateway, target: str):
+    client = gateway.login("alice")
+    cookie = f"gw_session={client.cookies['gw_session']}"
+    response = get(gateway.port, target, {"Cookie": cookie, "Accept": "application/json"})
+    assert response.status == 403
+
+
+@pytest.mark.parametrize(
+    "target,forwarded",
+    [
+        ("/admin/./x/../y", "/admin/y"),
+        ("//admin//y", "/admin/y"),
+        ("/admin/%7Euser", "/admin/~user"),
+        ("/admin/a%20b", "/admin/a%20b"),
+        ("/ADMIN/y?q=%2F", "/ADMIN/y?q=%2F"),
+    ],
+)
+def test_upstream_receives_the_normalized_path(
+    gateway: Gateway, upstream: RecordingUpstream, target: str, forwarded: str
+):
+    client = gateway.login("bob")
+    cookie = f"gw_session={client.cookies['gw_session']}"
+    upstream.clear()
+    response = get(gateway.port, target, {"Cookie": cookie})
+    assert response.status == 200
+    assert upstream.last().target == forwarded
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/pub/a%2fb",
+        "/pub/a%5Cb",
+        "/pub/a\\b",
+        "/pub/a%00",
+        "/pub/a%3F",
+        "/pub/a%23",
+        "/pub/%zz",
+        "/pub/%252e%252e/admin",
+        "/pub/..;/admin",
+    ],
+)
+def test_dangerous_paths_are_400_and_never_forwarded(
+    gateway: Gateway, upstream: RecordingUpstream, target: str
+):
+    upstream.clear()
+    response = get(gateway.port, target)
+    assert response.status == 400
+    assert upstream.requests == []
