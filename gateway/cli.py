@@ -107,7 +107,14 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from gateway.keys import KeyFileError, load_keys, retire_key, write_key
+    from gateway.keys import (
+        ACTIVATE_AFTER,
+        KeyFileError,
+        active_key,
+        load_keys,
+        retire_key,
+        write_key,
+    )
 
     config = _load(args)
     if config.keys.algorithm == "HS256":
@@ -117,13 +124,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
         if args.keys_command == "list":
             keys = [k for k in load_keys(directory) if k.algorithm == config.keys.algorithm]
             rows = [["KID", "ALGORITHM", "STATE"]]
-            for index, key in enumerate(keys):
-                state = "active (signs)" if index == len(keys) - 1 else "verifies"
+            active = active_key(keys, time.time()).kid if keys else None
+            passed = False
+            for key in keys:
+                state = "active (signs)" if key.kid == active else "verifies"
+                if passed:
+                    state = "next (verifies; signs once it is 10s old)"
+                passed = passed or key.kid == active
                 rows.append([key.kid, key.algorithm, state])
             print(table(rows))
         elif args.keys_command == "rotate":
             kid = write_key(directory, config.keys.algorithm)
-            print(f"new signing key {kid}; earlier keys keep verifying until retired")
+            print(
+                f"new key {kid}: verifies now, signs in {ACTIVATE_AFTER:.0f}s; "
+                "earlier keys keep verifying until retired"
+            )
         elif args.keys_command == "retire":
             retire_key(directory, args.kid)
             print(f"retired {args.kid}")

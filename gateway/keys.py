@@ -1,12 +1,15 @@
 """Signing keys on disk: generate, rotate, retire, load.
 
 Each private key is one PEM file `<kid>.pem` (mode 0600) in the key directory. Key ids
-sort by creation time, so the newest file is the active signing key and older ones
-only verify until their tokens have expired and an operator retires them.
+sort by creation time. A new key verifies at once but signs only once it is
+ACTIVATE_AFTER seconds old, so every replica has read it (they re-read the directory
+at least that often) before any token signed with it reaches them. Older keys only
+verify until their tokens have expired and an operator retires them.
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import os
 import re
@@ -20,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 ASYMMETRIC = ("EdDSA", "ES256", "RS256")
 _KID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+ACTIVATE_AFTER = 10.0  # seconds; at least twice the replicas' key reload interval
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
@@ -61,6 +65,19 @@ def new_kid(now: float | None = None) -> str:
     """A sortable key id: UTC creation time and 32 random bits."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
     return f"{stamp}-{secrets.token_hex(4)}"
+
+
+def created_at(kid: str) -> float:
+    """The creation time a key id records (unix seconds)."""
+    return float(calendar.timegm(time.strptime(kid.split("-", 1)[0], "%Y%m%dT%H%M%SZ")))
+
+
+def active_key(keys: list[SigningKey], now: float) -> SigningKey:
+    """The signing key: the newest one at least ACTIVATE_AFTER old, else the oldest."""
+    for key in reversed(keys):
+        if key.kid.startswith("hs-") or created_at(key.kid) <= now - ACTIVATE_AFTER:
+            return key
+    return keys[0]
 
 
 def write_key(directory: Path, algorithm: str, now: float | None = None) -> str:
@@ -121,8 +138,10 @@ def retire_key(directory: Path, kid: str) -> None:
     if target is None:
         raise KeyFileError(f"no key with id {kid!r}")
     same = [k for k in keys if k.algorithm == target.algorithm]
-    if same[-1].kid == kid:
+    if active_key(same, time.time()).kid == kid:
         raise KeyFileError(f"key {kid} is the active signing key; rotate first")
+    if same[-1].kid == kid:
+        raise KeyFileError(f"key {kid} is the newest key and signs soon; rotate first")
     (directory / f"{kid}.pem").unlink()
 
 

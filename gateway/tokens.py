@@ -14,7 +14,7 @@ import jwt
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from gateway.config import KeysConfig
-from gateway.keys import SigningKey, load_keys, secret_key
+from gateway.keys import SigningKey, active_key, load_keys, secret_key
 
 LEEWAY = 30.0
 SESSION_CLAIMS = ("iss", "aud", "sub", "roles", "sid", "jti", "iat", "nbf", "exp")
@@ -66,7 +66,7 @@ class Keyring:
         self._lock = threading.Lock()
         self._last_load = 0.0
         self._keys: dict[str, SigningKey] = {}
-        self.active: SigningKey
+        self._ordered: list[SigningKey] = []
         self.reload()
 
     def reload(self) -> None:
@@ -79,8 +79,18 @@ class Keyring:
             raise TokenError(f"no {self.algorithm} key in {self.config.dir}")
         with self._lock:
             self._keys = {k.kid: k for k in keys}
-            self.active = keys[-1]
+            self._ordered = keys
             self._last_load = self._clock()
+
+    def signing_key(self) -> SigningKey:
+        """The active key, after picking up a rotation made elsewhere (checked every few s)."""
+        self.maybe_refresh()
+        return self.active
+
+    @property
+    def active(self) -> SigningKey:
+        """The key that signs now (a fresh rotation signs only once every replica has it)."""
+        return active_key(self._ordered, self._clock())
 
     def lookup(self, kid: str) -> SigningKey | None:
         """The key with this id; an unknown id reloads the directory at most every few seconds."""
@@ -150,7 +160,7 @@ class Tokens:
             "nbf": now,
             "exp": exp,
         }
-        key = self.keyring.active
+        key = self.keyring.signing_key()
         token = jwt.encode(payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid})
         return token, Claims(sub, tuple(roles), sid, jti, now, exp, key.kid)
 
@@ -171,7 +181,7 @@ class Tokens:
             "nbf": now,
             "exp": now + ASSERTION_TTL,
         }
-        key = self.keyring.active
+        key = self.keyring.signing_key()
         return jwt.encode(payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid})
 
     def verify_session(self, token: str) -> Claims:

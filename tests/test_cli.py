@@ -6,11 +6,13 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from gateway.config import ConfigError, load_config, parse_duration
+from gateway.keys import write_key
 from gateway.users.file import read_users
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,17 +266,28 @@ def test_keys_rotate_list_retire(tmp_path: Path):
     config = tmp_path / "gateway.toml"
     config.write_text(GOOD.replace("[session]", '[keys]\ndir = "keys"\n\n[session]'))
     c = str(config)
-    first = gateway_cmd("keys", "rotate", "-c", c)
-    second = gateway_cmd("keys", "rotate", "-c", c)
-    assert first.returncode == 0 and second.returncode == 0
-    files = sorted((tmp_path / "keys").glob("*.pem"))
-    assert len(files) == 2
+    keys = tmp_path / "keys"
+    oldest = write_key(keys, "EdDSA", now=time.time() - 3600)
+    current = write_key(keys, "EdDSA", now=time.time() - 60)
+    rotated = gateway_cmd("keys", "rotate", "-c", c)
+    assert rotated.returncode == 0 and "signs in 10s" in rotated.stdout
+    files = sorted(keys.glob("*.pem"))
+    assert len(files) == 3
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
-    listed = gateway_cmd("keys", "list", "-c", c).stdout.splitlines()
-    assert listed[1].split()[2] == "verifies" and listed[2].split()[2] == "active"
-    active = files[1].stem
-    refused = gateway_cmd("keys", "retire", active, "-c", c)
-    assert refused.returncode == 1 and "active" in refused.stderr
-    retired = gateway_cmd("keys", "retire", files[0].stem, "-c", c)
+    newest = files[2].stem
+    listed = [
+        line.split(None, 2) for line in gateway_cmd("keys", "list", "-c", c).stdout.splitlines()
+    ]
+    assert [row[0] for row in listed[1:]] == [oldest, current, newest]
+    assert [row[2] for row in listed[1:]] == [
+        "verifies",
+        "active (signs)",
+        "next (verifies; signs once it is 10s old)",
+    ]
+    refused = gateway_cmd("keys", "retire", current, "-c", c)
+    assert refused.returncode == 1 and "active signing key" in refused.stderr
+    too_new = gateway_cmd("keys", "retire", newest, "-c", c)
+    assert too_new.returncode == 1 and "signs soon" in too_new.stderr
+    retired = gateway_cmd("keys", "retire", oldest, "-c", c)
     assert retired.returncode == 0
-    assert [f.stem for f in (tmp_path / "keys").glob("*.pem")] == [active]
+    assert sorted(f.stem for f in keys.glob("*.pem")) == [current, newest]

@@ -12,7 +12,7 @@ __all__ = ["Session", "Store", "StoreUnavailable", "open_store", "sqlite_path"]
 def sqlite_path(url: str, base_dir: Path) -> Path:
     """The file of a `sqlite:///path` URL; a relative path is relative to the config file."""
     raw = url.removeprefix("sqlite://")
-    if raw.startswith("/") and not raw.startswith("//"):
+    if raw.startswith("/"):
         raw = raw[1:]  # sqlite:///data/x.db → data/x.db (relative); sqlite:////abs → /abs
     path = Path(raw)
     return path if path.is_absolute() else base_dir / path

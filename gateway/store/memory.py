@@ -56,7 +56,7 @@ class MemoryStore:
         self._failures.pop(key, None)
 
     async def set_lockout(self, key: str, until: float, now: float) -> None:
-        self._lockouts[key] = until
+        self._lockouts[key] = max(until, self._lockouts.get(key, until))
 
     async def lockout_until(self, key: str, now: float) -> float | None:
         until = self._lockouts.get(key)

@@ -65,7 +65,7 @@ class SqliteStore:
         with self._lock:
             try:
                 return work(self._connect())
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
