@@ -16,6 +16,9 @@ _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 def framing_problem(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     """Why the request's body framing is ambiguous (a smuggling vector), or None."""
+    # two Host headers: the route may be matched on one and the upstream read the other
+    if sum(1 for k, _ in headers if k == b"host") > 1:
+        return "more than one Host header"
     lengths = [v for k, v in headers if k == b"content-length"]
     encodings = [v for k, v in headers if k == b"transfer-encoding"]
     if lengths and encodings:
@@ -52,23 +55,20 @@ class Ingress:
             return
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
         path = normalize_path(raw_path)
+        # a websocket upgrade gets these HTTP answers too (gateway.websocket.RefuseBeforeUpgrade)
         if isinstance(path, Refusal):
-            if is_http:
-                await send_error(send, 400, "bad_request", f"Refused: {path.detail}.")
-            else:
-                await send({"type": "websocket.close", "code": 1008})
+            await send_error(send, 400, "bad_request", f"Refused: {path.detail}.")
             return
         endpoint = under_prefix(path, self.prefix)
         route = None if endpoint else self.router.match(view.host or None, path)
         if route is None and not endpoint:
-            if is_http:
-                await send_error(send, 404, "not_found", "No route matches this path.")
-            else:
-                await send({"type": "websocket.close", "code": 1008})
+            await send_error(send, 404, "not_found", "No route matches this path.")
             return
         ctx = RequestContext(
             request_id=request_id, path=path, view=view, route=route, endpoint=endpoint
         )
+        # the access log, outside this step, finds the context in the scope it passed in
+        scope[SCOPE_KEY] = ctx
         # everything downstream (Starlette's router included) sees only the normalized path
         scope = {**scope, "path": path, "raw_path": encode_path(path), SCOPE_KEY: ctx}
         await self.app(scope, receive, send)

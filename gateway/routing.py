@@ -137,9 +137,10 @@ class Router:
         folded = key.lower()
         candidates: list[str | None] = []
         if host:
+            # `crm.example.com.` (fully qualified) is the same host: it must not skip its route
             host = host.lower()
-            bare = _HOST_PORT.sub("", host)
-            candidates = [h for h in (host, bare) if h in self._hosts]
+            bare = _HOST_PORT.sub("", host).rstrip(".")
+            candidates = [h for h in dict.fromkeys((host, bare)) if h in self._hosts]
         candidates.append(None)
         for candidate in candidates:
             route = self._lookup(candidate, key, folded)

@@ -1,0 +1,120 @@
+"""Denial of service: slow heads, oversized request lines, headers, cookies and bodies are bounded."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.security.attack import nothing_forwarded, raw, read_from
+
+# the gw fixture sets header_timeout = "1s"; the other limits are the defaults
+HEADER_TIMEOUT = 1.0
+
+
+def _head(gw) -> bytes:
+    return f"GET /page HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n".encode()
+
+
+def _answer_within(sock: socket.socket, seconds: float):
+    sock.settimeout(seconds)
+    reader = sock.makefile("rb")
+    try:
+        return read_from(reader)
+    except ConnectionError:
+        return None
+
+
+def test_a_head_that_never_ends_gets_408_and_is_closed(gw, upstream):
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(_head(gw) + b"X-Slow: 1\r\n")
+        response = _answer_within(sock, HEADER_TIMEOUT * 8)
+        assert response is not None and response.status == 408
+        assert sock.recv(1) == b""
+    assert nothing_forwarded(upstream)
+
+
+def test_a_connection_that_sends_nothing_is_closed(gw, upstream):
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        response = _answer_within(sock, HEADER_TIMEOUT * 8)
+        assert response is None or response.status == 408
+    assert nothing_forwarded(upstream)
+
+
+def test_a_dripping_head_is_not_kept_alive_by_its_drip(gw, upstream):
+    # slowloris: a byte every so often; the deadline counts from the first byte, not the last
+    deadline = time.monotonic() + HEADER_TIMEOUT * 8
+    closed = False
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(_head(gw))
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline:
+            try:
+                sock.sendall(b"X")
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+            if data.startswith(b"HTTP/1.1 408") or data == b"":
+                closed = True
+                break
+    assert closed
+    assert nothing_forwarded(upstream)
+
+
+def test_an_oversized_request_line_is_414(gw, upstream):
+    data = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    response = raw(gw, data)
+    assert response.status == 414
+    assert nothing_forwarded(upstream)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"X-Big: " + b"a" * 40000 + b"\r\n",
+        b"Cookie: " + b"; ".join(b"c%d=%s" % (i, b"v" * 100) for i in range(400)) + b"\r\n",
+        b"".join(b"X-Many-%d: 1\r\n" % i for i in range(150)),
+        b"".join(b"X-Mid-%d: %s\r\n" % (i, b"m" * 1000) for i in range(40)),
+    ],
+    ids=["one 40 kB header", "40 kB of cookies", "150 headers", "40 headers of 1 kB"],
+)
+def test_oversized_headers_are_431(gw, upstream, extra):
+    response = raw(gw, _head(gw) + extra + b"Connection: close\r\n\r\n")
+    assert response.status == 431
+    assert nothing_forwarded(upstream)
+
+
+def test_a_head_fed_in_small_pieces_is_bounded_too(gw, upstream):
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(_head(gw) + b"X-Drip: ")
+        response = None
+        try:
+            for _ in range(100):
+                sock.sendall(b"d" * 1024)
+        except OSError:
+            pass
+        response = _answer_within(sock, 5)
+    assert response is not None and response.status == 431
+    assert nothing_forwarded(upstream)
+
+
+def test_an_oversized_login_body_is_413_without_reading_it_all(gw, upstream):
+    with httpx.Client(base_url=gw.url, trust_env=False) as client:
+        response = client.post(
+            "/.auth/login",
+            content=iter([b"{" + b" " * 65536] * 8),
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 413
+    assert nothing_forwarded(upstream)
+
+
+def test_the_gateway_still_serves_after_the_attacks(gw, upstream):
+    with httpx.Client(base_url=gw.url, trust_env=False) as client:
+        assert client.get("/.auth/health").status_code == 200
+        assert client.get("/page").status_code == 200
