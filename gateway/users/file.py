@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import tomllib
@@ -11,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.users.base import User
-from gateway.users.hashes import burn_time, hash_password, verify_password
+from gateway.users.hashes import UnknownHashFormat, burn_time, hash_password, verify_password
 
+log = logging.getLogger("gateway.users")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 _ROLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 MAX_PASSWORD_BYTES = 1024
@@ -154,7 +156,11 @@ class FileUsers:
             # spend what a real verification costs, so timing does not tell who exists
             await asyncio.to_thread(burn_time, password)
             return None
-        ok = await asyncio.to_thread(verify_password, record.hash, password)
+        try:
+            ok = await asyncio.to_thread(verify_password, record.hash, password)
+        except UnknownHashFormat as exc:
+            log.warning("users file: login refused for %r: %s", record.name, exc)
+            return None
         return User(record.name, record.roles) if ok else None
 
     async def close(self) -> None:

@@ -9,7 +9,8 @@ Verified formats (`verify_password`):
 - salted SHA-1 / MD5 as Django wrote them (`sha1$salt$hex`, `md5$salt$hex`), only
   when the operator set `allow_weak_hashes = true`
 
-Anything else raises UnknownHashFormat, which the caller turns into a failed login.
+Anything else, a malformed hash, or one asking for absurd work raises UnknownHashFormat,
+which the caller turns into a failed login.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
+from collections.abc import Callable
 
 import argon2
 import bcrypt
@@ -24,10 +27,20 @@ import bcrypt
 _ARGON2 = argon2.PasswordHasher()  # argon2id with argon2-cffi's RFC 9106 low-memory profile
 DUMMY_HASH = _ARGON2.hash("gateway: a password nobody has")
 
-# bounds on work a stored hash may ask for, so one odd row cannot stall a worker
+# bounds on the work a stored hash may ask for, so one odd row cannot stall or exhaust a
+# worker; each is far above what any library's default writes
 _MAX_PBKDF2_ITERATIONS = 10_000_000
+_MAX_BCRYPT_COST = 16
+_MAX_ARGON2_MEMORY_KIB = 1024 * 1024
+_MAX_ARGON2_TIME = 20
+_MAX_ARGON2_LANES = 64
 _MAX_SCRYPT_N = 2**20
+_MAX_SCRYPT_R = 32
+_MAX_SCRYPT_P = 16
+_MAX_SCRYPT_BYTES = 2**30
 _BCRYPT_MAX_BYTES = 72  # bcrypt only ever read this many bytes of a password
+_BCRYPT = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
+_DIGITS = re.compile(r"^[0-9]{1,9}$")
 
 
 class UnknownHashFormat(ValueError):
@@ -46,13 +59,15 @@ def hash_password(password: str) -> str:
 def burn_time(password: str) -> None:
     """Spend as long as a real check would, so an unknown user answers like a wrong password."""
     try:
-        _ARGON2.verify(DUMMY_HASH, password)
+        _ARGON2.verify(DUMMY_HASH, password.encode("utf-8", "surrogatepass"))
     except argon2.exceptions.VerificationError:
         pass
 
 
 def hash_format(stored: str) -> str:
     """A short name for the format of a stored hash (for logs), or "unknown"."""
+    if not isinstance(stored, str):
+        return "unknown"
     for name, test in _FORMATS:
         if test(stored):
             return name
@@ -67,16 +82,26 @@ def verify_password(stored: str, password: str, *, allow_weak: bool = False) -> 
     if name in _WEAK and not allow_weak:
         raise WeakHashRefused(f"{name} hash refused: set allow_weak_hashes = true to accept it")
     try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        return False  # a lone surrogate from JSON: no stored password can be it
+    try:
         return _VERIFY[name](stored, password)
-    except (ValueError, TypeError, argon2.exceptions.InvalidHashError) as exc:
-        raise UnknownHashFormat(f"malformed {name} hash") from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise UnknownHashFormat(f"malformed {name} hash ({exc})") from exc
 
 
 def _argon2(stored: str, password: str) -> bool:
+    params = argon2.extract_parameters(stored)  # InvalidHashError (a ValueError) if malformed
+    _bounded(params.memory_cost, _MAX_ARGON2_MEMORY_KIB, "argon2 memory")
+    _bounded(params.time_cost, _MAX_ARGON2_TIME, "argon2 time cost")
+    _bounded(params.parallelism, _MAX_ARGON2_LANES, "argon2 parallelism")
     try:
         return _ARGON2.verify(stored, password)
-    except argon2.exceptions.VerificationError:
+    except argon2.exceptions.VerifyMismatchError:
         return False
+    except argon2.exceptions.VerificationError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def _django_argon2(stored: str, password: str) -> bool:
@@ -84,6 +109,10 @@ def _django_argon2(stored: str, password: str) -> bool:
 
 
 def _bcrypt(stored: str, password: str) -> bool:
+    match = _BCRYPT.match(stored)
+    if match is None:
+        raise ValueError("not 60 characters of bcrypt")
+    _bounded(int(match[1]), _MAX_BCRYPT_COST, "bcrypt cost")
     raw = stored.encode("ascii")
     if raw.startswith(b"$2y$"):
         raw = b"$2b$" + raw[4:]  # PHP's $2y$ is the same algorithm as $2b$
@@ -91,14 +120,15 @@ def _bcrypt(stored: str, password: str) -> bool:
 
 
 def _django_bcrypt_sha256(stored: str, password: str) -> bool:
-    digest = hashlib.sha256(password.encode()).hexdigest().encode()
-    return _bcrypt(stored.removeprefix("bcrypt_sha256$"), digest.decode())
+    # Django hashes the password with SHA-256 first, so bcrypt sees its 64 hex digits
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    return _bcrypt(stored.removeprefix("bcrypt_sha256$"), digest)
 
 
 def _django_pbkdf2(stored: str, password: str) -> bool:
     algorithm, iterations, salt, expected = stored.split("$", 3)
     digest = {"pbkdf2_sha256": "sha256", "pbkdf2_sha1": "sha1"}[algorithm]
-    rounds = _bounded(int(iterations), _MAX_PBKDF2_ITERATIONS)
+    rounds = _bounded(_number(iterations), _MAX_PBKDF2_ITERATIONS, "pbkdf2 iterations")
     derived = hashlib.pbkdf2_hmac(digest, password.encode(), salt.encode(), rounds)
     return hmac.compare_digest(base64.b64encode(derived).decode("ascii"), expected)
 
@@ -109,15 +139,20 @@ def _werkzeug(stored: str, password: str) -> bool:
     if parts[0] == "pbkdf2":
         if len(parts) != 3:
             raise ValueError("pbkdf2 hash without iterations")
-        digest, rounds = parts[1], _bounded(int(parts[2]), _MAX_PBKDF2_ITERATIONS)
+        digest = parts[1]
+        rounds = _bounded(_number(parts[2]), _MAX_PBKDF2_ITERATIONS, "pbkdf2 iterations")
         if digest not in {"sha256", "sha512", "sha1"}:
-            raise ValueError(f"unsupported pbkdf2 digest {digest}")
+            raise ValueError(f"unsupported pbkdf2 digest {digest!r}")
         derived = hashlib.pbkdf2_hmac(digest, password.encode(), salt.encode(), rounds)
     else:
         if len(parts) != 4:
             raise ValueError("scrypt hash without parameters")
-        n, r, p = (int(x) for x in parts[1:])
-        _bounded(n, _MAX_SCRYPT_N)
+        n, r, p = (_number(x) for x in parts[1:])
+        _bounded(n, _MAX_SCRYPT_N, "scrypt n")
+        _bounded(r, _MAX_SCRYPT_R, "scrypt r")
+        _bounded(p, _MAX_SCRYPT_P, "scrypt p")
+        _bounded(128 * n * r, _MAX_SCRYPT_BYTES, "scrypt memory")
+        # Werkzeug's allowance: OpenSSL needs a little more than 128 * n * r * p bytes
         derived = hashlib.scrypt(
             password.encode(), salt=salt.encode(), n=n, r=r, p=p, maxmem=132 * n * r * p
         )
@@ -130,13 +165,19 @@ def _salted_weak(stored: str, password: str) -> bool:
     return hmac.compare_digest(derived.hexdigest(), expected)
 
 
-def _bounded(value: int, limit: int) -> int:
+def _number(text: str) -> int:
+    if not _DIGITS.match(text):
+        raise ValueError(f"{text[:20]!r} is not a number")
+    return int(text)
+
+
+def _bounded(value: int, limit: int, what: str) -> int:
     if not 0 < value <= limit:
-        raise ValueError(f"work factor {value} out of range")
+        raise ValueError(f"{what} {value} is out of range (at most {limit})")
     return value
 
 
-def _starts(*prefixes: str):
+def _starts(*prefixes: str) -> Callable[[str], bool]:
     return lambda stored: stored.startswith(prefixes)
 
 
@@ -154,7 +195,7 @@ _FORMATS = (
     ("salted-md5", lambda s: s.startswith("md5$") and s.count("$") == 2),
 )
 _WEAK = {"salted-sha1", "salted-md5"}
-_VERIFY = {
+_VERIFY: dict[str, Callable[[str, str], bool]] = {
     "argon2": _argon2,
     "django-argon2": _django_argon2,
     "bcrypt": _bcrypt,
