@@ -13,8 +13,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.routing import Router as StarletteRouter
 
+from gateway import metrics
 from gateway.context import context_of
-from gateway.csrf import allowed_origins, cross_site
+from gateway.csrf import SAFE_METHODS, allowed_origins, cross_site
 from gateway.errors import SECURITY_HEADERS
 from gateway.pages import render_login, stylesheet
 from gateway.policy import Outcome, decide, login_location
@@ -163,6 +164,9 @@ class Endpoints:
             next_target = fields.get("next", "/")
         if not isinstance(username, str) or not isinstance(password, str) or not username:
             raise Refused(400, "bad_request", "Username and password are required.")
+        if not _encodable(username) or not _encodable(password):
+            # JSON may carry lone surrogates ("\ud800"), which no store or hash can take
+            raise Refused(400, "bad_request", "Username and password must be valid Unicode.")
         if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES or len(username) > 256:
             raise Refused(400, "bad_request", "Username or password is too long.")
         return username, password, safe_next(next_target if isinstance(next_target, str) else None)
@@ -183,8 +187,10 @@ class Endpoints:
             response = self._login_response(exc.status, next_target, username, exc.detail)
             response.headers.update(exc.headers)
             return response
-        except StoreUnavailable:
-            log.warning("login refused: session store unavailable")
+        except StoreUnavailable as exc:
+            log.warning("login refused: session store unavailable: %s", exc)
+            metrics.store_error("login")
+            metrics.login("error")
             return json_error(503, "store_unavailable", "Sign-in is unavailable; try again.")
 
     async def _login(
@@ -197,6 +203,7 @@ class Endpoints:
         wait = await rt.limiter.retry_after(name, address)
         if wait is not None:
             log.info("login locked out user=%r client=%s", name, address)
+            metrics.login("locked")
             raise Refused(
                 429,
                 "too_many_attempts",
@@ -207,11 +214,13 @@ class Endpoints:
         if user is None:
             await rt.limiter.failed(name, address)
             log.info("login failed user=%r client=%s", name, address)
+            metrics.login("failed")
             raise Refused(401, "invalid_credentials", "Wrong username or password.")
         await rt.limiter.succeeded(name)
         session = await rt.sessions.create(user.id)
         token, claims = rt.tokens.mint_session(user.id, user.roles, session.sid)
         log.info("login ok user=%r client=%s", user.id, address)
+        metrics.login("ok")
         ctx.user_for_log = user.id
         headers = dict(_HEADERS)
         if as_json:
@@ -255,6 +264,7 @@ class Endpoints:
                 else:
                     await self.rt.sessions.revoke(identity.sid)
             except StoreUnavailable:
+                metrics.store_error("logout")
                 return json_error(503, "store_unavailable", "Sign-out is unavailable; try again.")
             log.info("logout user=%r all=%s", identity.sub, everywhere)
         if as_json:
@@ -292,7 +302,14 @@ class Endpoints:
         """
         headers = request.headers
         method = headers.get("x-forwarded-method", "GET").upper()
-        uri = headers.get("x-forwarded-uri") or headers.get("x-original-uri") or "/"
+        # proxies pass client headers into the check: nginx a forged X-Forwarded-Uri, Caddy and
+        # Traefik a forged X-Original-URI. Two different targets mean one is the client's: refuse
+        targets = {
+            v for v in headers.getlist("x-forwarded-uri") + headers.getlist("x-original-uri") if v
+        }
+        if len(targets) > 1:
+            return json_error(403, "bad_request", "Conflicting X-Forwarded-Uri and X-Original-URI.")
+        uri = targets.pop() if targets else "/"
         host = headers.get("x-forwarded-host") or headers.get("host") or ""
         raw_path = uri.partition("?")[0]
         path = normalize_path(raw_path.encode("latin-1", "replace"))
@@ -302,18 +319,34 @@ class Endpoints:
         if route is None:
             return json_error(403, "not_found", "No route matches this path.")
         identity = context_of(request.scope).identity
+        # the same cross-site rule the proxy applies (gateway.csrf): the front proxy forwards
+        # the client's Origin/Referer into the check
+        if (
+            identity is not None
+            and identity.source == "cookie"
+            and method not in SAFE_METHODS
+            and cross_site(request.scope["headers"], self.allowed)
+        ):
+            return json_error(
+                403, "cross_site", "Cross-site requests with the session cookie are refused."
+            )
         decision = decide(identity, route, method)
         if decision.outcome is Outcome.ALLOW:
-            out = dict(_HEADERS)
+            response = Response(status_code=200, headers=_HEADERS)
             if identity is not None:
-                out[route.identity.user_header] = identity.sub
+                out = {route.identity.user_header: identity.sub}
                 if route.identity.roles_header:
                     out[route.identity.roles_header] = ",".join(identity.roles)
                 if route.identity.assertion_header:
                     out[route.identity.assertion_header] = self.rt.tokens.mint_assertion(
                         identity.sub, identity.roles, route.name, method, path
                     )
-            return Response(status_code=200, headers=out)
+                # UTF-8 as the proxy sends them (a SQL user id need not be Latin-1)
+                response.raw_headers.extend(
+                    (name.lower().encode("ascii"), value.encode("utf-8"))
+                    for name, value in out.items()
+                )
+            return response
         if decision.outcome is Outcome.LOGIN:
             location = login_location(self.public_url, self.prefix, safe_next(uri))
             browser = method in ("GET", "HEAD") and "text/html" in headers.get("accept", "")
@@ -340,6 +373,7 @@ class Endpoints:
         try:
             await self.rt.store.ping()
         except StoreUnavailable:
+            metrics.store_error("ready")
             return JSONResponse(
                 {"status": "not ready", "store": "unavailable"},
                 503,
@@ -349,3 +383,11 @@ class Endpoints:
             {"status": "ready", "store": "ok", "key": self.rt.keyring.active.kid},
             headers={"cache-control": "no-store"},
         )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
