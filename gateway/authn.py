@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from gateway import metrics
 from gateway.context import Identity, RequestContext, context_of
 from gateway.cookies import CookieJar
 from gateway.errors import send_error
 from gateway.sessions import Sessions
 from gateway.store.base import StoreUnavailable
+from gateway.tokencache import VerifiedTokens
 from gateway.tokens import Claims, TokenError, TokenExpired, Tokens
 
 log = logging.getLogger("gateway.authn")
@@ -28,6 +30,7 @@ class Authenticate:
     ) -> None:
         self.app = app
         self.tokens = tokens
+        self.verified = VerifiedTokens(tokens)
         self.sessions = sessions
         self.cookies = cookies
         self.strict = strict
@@ -39,11 +42,9 @@ class Authenticate:
         ctx = context_of(scope)
         try:
             await self.identify(scope, ctx)
-        except StoreUnavailable:
-            log.warning("session store unavailable request_id=%s", ctx.request_id)
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1011})
-                return
+        except StoreUnavailable as exc:
+            log.warning("session store unavailable request_id=%s: %s", ctx.request_id, exc)
+            metrics.store_error("authn")
             await send_error(
                 send, 503, "store_unavailable", "The session store is unavailable; try again."
             )
@@ -53,7 +54,8 @@ class Authenticate:
             return
 
         async def send_with_cookies(message) -> None:
-            if message["type"] == "http.response.start":
+            # a websocket upgrade carries a re-issued cookie on its 101 (or on its refusal)
+            if message["type"] in ("http.response.start", "websocket.accept"):
                 extra = [(b"set-cookie", c.encode("latin-1")) for c in ctx.set_cookies]
                 message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
@@ -76,7 +78,7 @@ class Authenticate:
             return
         expired = False
         try:
-            claims = self.tokens.verify_session(token)
+            claims = self.verified.verify_session(token)
         except TokenExpired as exc:
             claims, expired = exc.claims, True
         except TokenError as exc:
@@ -112,6 +114,7 @@ class Authenticate:
             # lazy mode may serve a still-valid token without re-issuing; anything else fails closed
             if expired or self.strict:
                 raise
+            metrics.store_error("authn")
             ctx.identity = _identity(claims, "cookie")
             return
         if session is None:
@@ -120,6 +123,7 @@ class Authenticate:
         await self.sessions.touch(claims.sid)
         token, fresh = self.tokens.mint_session(claims.sub, claims.roles, claims.sid)
         ctx.set_cookies.append(self.cookies.set(token))
+        metrics.token_reissued()
         ctx.identity = _identity(fresh, "cookie")
 
     def _refuse(self, ctx: RequestContext, reason: str, source: str) -> None:

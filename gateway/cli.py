@@ -5,21 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import sys
 import time
 from collections.abc import Sequence
 
 from gateway.config import Config, ConfigError, config_path, load_config
-from gateway.server import routes_table, serve, table
+from gateway.server import configure_logging, routes_table, serve, table
 
 
 class Failure(Exception):
     """A refused or failed command: exit 1 with this one-line reason."""
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(config_path(args.config))
+def _load(args: argparse.Namespace, *, require_upstream: bool = True) -> Config:
+    return load_config(config_path(args.config), require_upstream=require_upstream)
 
 
 # -- check / run / demo -----------------------------------------------------------------
@@ -74,7 +73,8 @@ def _roles(value: str | None) -> tuple[str, ...] | None:
 def cmd_users(args: argparse.Namespace) -> int:
     from gateway.users.file import UsersFileError, read_users, remove_user, set_user
 
-    config = _load(args)
+    # users, keys and sessions need no upstream: a middleware config works too
+    config = _load(args, require_upstream=False)
     if config.auth.users != "file":
         raise Failure('users are managed in the SQL database (auth.users = "sql")')
     path = config.auth.users_file
@@ -116,7 +116,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         write_key,
     )
 
-    config = _load(args)
+    config = _load(args, require_upstream=False)
     if config.keys.algorithm == "HS256":
         raise Failure("HS256 uses keys.secret; rotate it by changing the secret")
     directory = config.keys.dir
@@ -154,7 +154,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     from gateway.store import open_store
     from gateway.store.base import StoreUnavailable
 
-    config = _load(args)
+    config = _load(args, require_upstream=False)
 
     async def work() -> int:
         store = open_store(config.store.url, config.base_dir)
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gateway` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
+import logging
 import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
 
 from gateway.config import Config
+
+
+def configure_logging() -> None:
+    """The gateway's log lines on stderr: for the CLI, and for each spawned worker."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs every upstream URL at INFO, query string (tokens, reset codes) and all
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def table(rows: list[list[str]]) -> str:
@@ -49,6 +63,7 @@ def startup_summary(config: Config, workers: int) -> str:
             f"({workers} worker{'s' if workers != 1 else ''})",
             f"public URL: {config.server.public_url}",
             f"store: {_redact(config.store.url)}    keys: {config.keys.algorithm} [{kids}]",
+            f"metrics: http://{config.server.admin_listen}/metrics",
             routes_table(config),
         ]
     )
@@ -61,18 +76,76 @@ def _redact(url: str) -> str:
     return url
 
 
+def protocol_factory(config: Config) -> functools.partial:
+    """The uvicorn HTTP protocol: httptools bounded by the `[server]` head limits."""
+    from gateway.protocol import LimitedHttpToolsProtocol, ProtocolLimits
+
+    server = config.server
+    limits = ProtocolLimits(
+        max_request_line=server.max_request_line,
+        max_header_bytes=server.max_header_bytes,
+        max_headers=server.max_headers,
+        header_timeout=server.header_timeout,
+    )
+    return functools.partial(LimitedHttpToolsProtocol, limits=limits)
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def metrics_dir() -> Iterator[str]:
+    """A fresh PROMETHEUS_MULTIPROC_DIR for this run's worker processes, removed at exit."""
+    directory = tempfile.mkdtemp(prefix="gateway-metrics-")
+    # prometheus_client picks file-backed values when first imported: set it before that
+    os.environ[MULTIPROC_ENV] = directory
+    try:
+        yield directory
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(config: Config, workers: int) -> None:
     """Run the gateway on uvicorn until stopped; keys exist before any worker starts."""
-    import uvicorn
+    with metrics_dir():
+        _serve(config, workers)
 
+
+def _serve(config: Config, workers: int) -> None:
     from gateway.app import CONFIG_ENV
     from gateway.keys import ensure_key
+    from gateway.metrics import start_admin_listener
 
     ensure_key(config.keys.dir, config.keys.algorithm)
     assert config.source is not None
     os.environ[CONFIG_ENV] = str(config.source)
+    # uvicorn drains in-flight requests on SIGTERM, then raises it again with the handler
+    # it found: make that a clean exit 0 (SIGINT still ends with KeyboardInterrupt)
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
+    # a SIGHUP before the app installs its reload handler must not end the process (nor,
+    # inherited, a worker still starting)
+    previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    admin = start_admin_listener(config.server.admin_listen)
     print(startup_summary(config, workers), flush=True)
-    uvicorn.run(
+    try:
+        _run_uvicorn(config, workers)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
+        if admin is not None:
+            admin.close()
+
+
+def _run_uvicorn(config: Config, workers: int) -> None:
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+
+    settings = uvicorn.Config(
         "gateway.app:app_from_env",
         factory=True,
         host=config.server.host,
@@ -84,9 +157,23 @@ def serve(config: Config, workers: int) -> None:
         # the upstream's Date passes through; a second one from uvicorn would duplicate it
         date_header=False,
         access_log=False,
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        # httptools with our limits on the request head (size, count, read time, trailers)
+        http=protocol_factory(config),
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         lifespan="on",
         timeout_graceful_shutdown=30,
         log_level="info",
     )
+    # what uvicorn.run does, except that with several workers SIGHUP reloads each in place
+    server = uvicorn.Server(settings)
+    try:
+        if workers > 1:
+            from gateway.reload import forwarding_supervisor
+
+            forwarding_supervisor()(settings, sockets=[settings.bind_socket()]).run()
+        else:
+            server.run()
+    except KeyboardInterrupt:
+        pass
+    if workers <= 1 and not server.started:
+        raise SystemExit(STARTUP_FAILURE)

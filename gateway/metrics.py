@@ -1,0 +1,161 @@
+"""Prometheus metrics, and the admin listener that serves them apart from the public port.
+
+With `gateway run --workers N` every worker is its own process: `serve()` points
+PROMETHEUS_MULTIPROC_DIR at a fresh directory before this module is first imported, each
+worker writes its values to files there, and the admin listener (in the parent) sums them.
+A single-process gateway that imported this module without that variable counts in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import httpx
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    values,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.multiprocess import MultiProcessCollector
+
+log = logging.getLogger("gateway.metrics")
+
+# route label for the gateway's own endpoints, and for requests refused before a route matched
+ENDPOINTS_ROUTE = "_auth"
+NO_ROUTE = "_none"
+
+REQUESTS = Counter(
+    "gateway_requests_total", "Requests answered, by route and status.", ["route", "status"]
+)
+LATENCY = Histogram(
+    "gateway_request_duration_seconds",
+    "Time from the request to the end of the response body, by route and status.",
+    ["route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+UPSTREAM_ERRORS = Counter(
+    "gateway_upstream_errors_total",
+    "Upstream failures by route and kind (connect, timeout, other).",
+    ["route", "kind"],
+)
+LOGINS = Counter(
+    "gateway_logins_total", "Sign-in attempts by outcome (ok, failed, locked, error).", ["outcome"]
+)
+REISSUES = Counter("gateway_token_reissues_total", "Session tokens re-issued in a fresh cookie.")
+STORE_ERRORS = Counter(
+    "gateway_store_errors_total", "Session store (or users database) failures, by step.", ["step"]
+)
+RELOADS = Counter("gateway_config_reloads_total", "SIGHUP config reloads by outcome.", ["outcome"])
+
+
+def observe_request(route: str, status: int, seconds: float) -> None:
+    """Count one finished request and its duration."""
+    code = str(status)
+    REQUESTS.labels(route, code).inc()
+    LATENCY.labels(route, code).observe(seconds)
+
+
+def upstream_error_kind(exc: BaseException) -> str:
+    """connect, timeout or other, for an httpx failure."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.ConnectError):
+        return "connect"
+    return "other"
+
+
+def upstream_error(route: str, exc: BaseException) -> None:
+    """Count an upstream failure of a route."""
+    UPSTREAM_ERRORS.labels(route, upstream_error_kind(exc)).inc()
+
+
+def login(outcome: str) -> None:
+    """Count a sign-in attempt: ok, failed, locked or error."""
+    LOGINS.labels(outcome).inc()
+
+
+def token_reissued() -> None:
+    """Count a session token re-issued past half its life."""
+    REISSUES.inc()
+
+
+def store_error(step: str) -> None:
+    """Count a store failure seen by a step (authn, login, logout, ready)."""
+    STORE_ERRORS.labels(step).inc()
+
+
+def config_reload(outcome: str) -> None:
+    """Count a config reload: ok or refused."""
+    RELOADS.labels(outcome).inc()
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What /metrics shows: every worker's files in multiprocess mode, else this process."""
+    # the value class is fixed when prometheus_client is imported; trust it, not the env now
+    if getattr(values.ValueClass, "_multiprocess", False):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingWSGIServer):
+    pass
+
+
+class _Server6(ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
+class AdminListener:
+    """`GET /metrics` on its own socket, served from a daemon thread."""
+
+    def __init__(self, host: str, port: int) -> None:
+        registry = exposition_registry()
+
+        def app(environ, start_response):
+            if environ.get("PATH_INFO") != "/metrics":
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"not found; metrics are at /metrics\n"]
+            if environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
+                start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+                return [b""]
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+            return [generate_latest(registry)]
+
+        server_class = _Server6 if ":" in host else _Server
+        self.server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+        self.port = self.server.server_port
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="gateway-admin", daemon=True
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop serving and release the socket."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_admin_listener(listen: str) -> AdminListener | None:
+    """Serve /metrics on `host:port`; None (logged) when the address cannot be bound."""
+    host, _, port = listen.rpartition(":")
+    try:
+        return AdminListener(host.strip("[]"), int(port))
+    except OSError as exc:
+        # metrics are a side door: a taken admin port must not stop the gateway serving traffic
+        log.error("metrics listener not started on %s: %s", listen, exc.strerror or exc)
+        return None
