@@ -49,7 +49,8 @@ def refused(scope: dict, allowed: frozenset[str]) -> bool:
     identity = ctx.identity
     if identity is None or identity.source != "cookie":
         return False
-    if scope.get("method", "GET") in SAFE_METHODS:
+    # browsers send cookies on cross-site websocket upgrades (a GET): judge those by Origin
+    if scope["type"] == "http" and scope.get("method", "GET") in SAFE_METHODS:
         return False
     return cross_site(scope["headers"], allowed)
 
@@ -62,7 +63,7 @@ class RefuseCrossSite:
         self.allowed = allowed
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and refused(scope, self.allowed):
+        if scope["type"] in ("http", "websocket") and refused(scope, self.allowed):
             await send_error(
                 send, 403, "cross_site", "Cross-site requests with the session cookie are refused."
             )

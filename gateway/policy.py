@@ -76,9 +76,8 @@ class EnforcePolicy:
         if decision.outcome is Outcome.ALLOW:
             await self.app(scope, receive, send)
             return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-            return
+        # a refused websocket upgrade gets the same 401/403/405 (never a redirect: no method,
+        # so not a browser navigation); gateway.websocket turns it into the handshake answer
         html = wants_html(scope)
         head = method == "HEAD"
         if decision.outcome is Outcome.METHOD:
