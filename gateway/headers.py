@@ -177,17 +177,31 @@ def drop_cookie(value: bytes, names: frozenset[bytes]) -> bytes:
     return b"; ".join(kept)
 
 
+_identity_names_memo: tuple[Config, frozenset[bytes]] | None = None
+
+
+def identity_names(config: Config) -> frozenset[bytes]:
+    """Every identity header name any route injects, canonical: stripped from all clients."""
+    global _identity_names_memo
+    memo = _identity_names_memo
+    # built once per config, not once per route: 10,000 routes would make it quadratic
+    if memo is not None and memo[0] is config:
+        return memo[1]
+    names = set()
+    for item in (config.identity, *(r.identity for r in config.routes)):
+        for name in (item.user_header, item.roles_header, item.assertion_header):
+            if name:
+                names.add(canonical(name.encode("latin-1")))
+    _identity_names_memo = (config, frozenset(names))
+    return _identity_names_memo[1]
+
+
 class UpstreamHeaders:
     """Builds the upstream request headers for one route; the constant parts are built once."""
 
     def __init__(self, config: Config, route: Route) -> None:
-        identity_names = set()
-        for item in (config.identity, *(r.identity for r in config.routes)):
-            for name in (item.user_header, item.roles_header, item.assertion_header):
-                if name:
-                    identity_names.add(canonical(name.encode("latin-1")))
         extra = {canonical(h.encode("latin-1")) for h in route.strip_headers}
-        self.strip = frozenset(HOP_BY_HOP | FORWARDED | LEGACY | identity_names | extra)
+        self.strip = frozenset(HOP_BY_HOP | FORWARDED | LEGACY | identity_names(config) | extra)
         self.cookie_names = cookie_names(config)
         self.route = route
         self.user_header = route.identity.user_header.encode("latin-1").lower()

@@ -10,6 +10,7 @@ verify until their tokens have expired and an operator retires them.
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import os
 import re
@@ -67,6 +68,8 @@ def new_kid(now: float | None = None) -> str:
     return f"{stamp}-{secrets.token_hex(4)}"
 
 
+# the signing key is chosen per minted token (one assertion per proxied request): parse once
+@functools.lru_cache(maxsize=256)
 def created_at(kid: str) -> float:
     """The creation time a key id records (unix seconds)."""
     return float(calendar.timegm(time.strptime(kid.split("-", 1)[0], "%Y%m%dT%H%M%SZ")))

@@ -1,4 +1,4 @@
-"""Forwarding with httpx: bodies streamed both ways, upstream failures -> 502/504."""
+"""Forwarding: bodies streamed both ways over pooled keep-alive connections, failures -> 502/504."""
 
 from __future__ import annotations
 
@@ -7,30 +7,24 @@ from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
+from gateway import metrics
 from gateway.config import Config, Route
 from gateway.context import context_of
 from gateway.errors import send_error
-from gateway.headers import UpstreamHeaders, cookie_names, response_headers
+from gateway.headers import Header, UpstreamHeaders, cookie_names, response_headers
 from gateway.routing import encode_path, strip_route_prefix
 from gateway.tokens import Tokens
+from gateway.upstream_pool import UpstreamPool
 
 log = logging.getLogger("gateway.proxy")
 
 
-def build_clients(config: Config) -> dict[str, httpx.AsyncClient]:
-    """One keep-alive AsyncClient per distinct upstream, never reading proxies from the env."""
-    clients: dict[str, httpx.AsyncClient] = {}
+def build_clients(config: Config) -> dict[str, UpstreamPool]:
+    """One keep-alive connection pool per distinct upstream origin (never a proxy from the env)."""
+    clients: dict[str, UpstreamPool] = {}
     for route in config.routes:
         if route.upstream not in clients:
-            client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-                follow_redirects=False,
-                trust_env=False,
-            )
-            # httpx adds User-Agent, Accept and Accept-Encoding by default: the upstream
-            # must see the client's own headers, not ours
-            client.headers.clear()
-            clients[route.upstream] = client
+            clients[route.upstream] = UpstreamPool(route.upstream)
     return clients
 
 
@@ -61,32 +55,36 @@ class ClientGone(Exception):
 class Forward:
     """Pure ASGI: send the request to the route's upstream and stream the answer back."""
 
-    def __init__(
-        self, config: Config, clients: Mapping[str, httpx.AsyncClient], tokens: Tokens
-    ) -> None:
+    def __init__(self, config: Config, clients: Mapping[str, UpstreamPool], tokens: Tokens) -> None:
         self.config = config
         self.clients = clients
         self.tokens = tokens
         self.ours = cookie_names(config)
         self.headers = {route.name: UpstreamHeaders(config, route) for route in config.routes}
-        self.base = {route.name: httpx.URL(route.upstream) for route in config.routes}
+        # the upstream URL's own path, percent-encoded once: the forwarded path goes below it
+        self.base_path = {
+            route.name: httpx.URL(route.upstream).raw_path.split(b"?", 1)[0].rstrip(b"/")
+            for route in config.routes
+        }
 
     async def __call__(self, scope, receive, send) -> None:
         ctx = context_of(scope)
         route = ctx.route
         assert route is not None
         method = scope["method"]
-        request = self._request(scope, receive, route, method)
+        target, headers, body, length = self._request(scope, receive, route, method)
         client = self.clients[route.upstream]
         try:
-            response = await client.send(request, stream=True)
+            response = await client.send(method, target, headers, body, length, route.timeout)
         except ClientGone:
             return
-        except httpx.TimeoutException:
+        except httpx.TimeoutException as exc:
             log.warning("upstream timeout route=%s request_id=%s", route.name, ctx.request_id)
+            metrics.upstream_error(route.name, exc)
             await send_error(send, 504, "upstream_timeout", "The upstream did not answer in time.")
             return
         except httpx.HTTPError as exc:
+            metrics.upstream_error(route.name, exc)
             log.warning(
                 "upstream unreachable route=%s kind=%s request_id=%s",
                 route.name,
@@ -101,14 +99,19 @@ class Forward:
                 {
                     "type": "http.response.start",
                     "status": response.status_code,
-                    "headers": response_headers(response.headers.raw, self.ours),
+                    "headers": response_headers(response.headers, self.ours),
                 }
             )
+            ended = False
             async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+                # the last piece goes out with the end mark: one ASGI message for a small body
+                ended = response.at_end
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+            if not ended:
+                await send({"type": "http.response.body", "body": b""})
         except httpx.HTTPError as exc:
             # the status line is gone already: all we can do is cut the response short
+            metrics.upstream_error(route.name, exc)
             log.warning(
                 "upstream failed mid-response route=%s kind=%s request_id=%s",
                 route.name,
@@ -118,16 +121,16 @@ class Forward:
         finally:
             await response.aclose()
 
-    def _request(self, scope, receive, route: Route, method: str) -> httpx.Request:
+    def _request(
+        self, scope, receive, route: Route, method: str
+    ) -> tuple[bytes, list[Header], _RequestBody | None, int | None]:
+        """Request target, headers, body (None when empty) and Content-Length for the upstream."""
         ctx = context_of(scope)
         path = strip_route_prefix(ctx.path, route) if route.strip_prefix else ctx.path
-        base = self.base[route.name]
-        base_path = base.raw_path.split(b"?", 1)[0].rstrip(b"/")
-        raw_path = base_path + encode_path(path)
+        target = self.base_path[route.name] + encode_path(path)
         query = scope.get("query_string", b"")
         if query:
-            raw_path += b"?" + query
-        url = base.copy_with(raw_path=raw_path)
+            target += b"?" + query
         identity = ctx.identity
         assertion = None
         if identity is not None and route.identity.assertion_header:
@@ -149,13 +152,7 @@ class Forward:
             content = _RequestBody(receive) if length else None
         elif _chunked(scope["headers"]):
             content = _RequestBody(receive)
-        return httpx.Request(
-            method,
-            url,
-            headers=headers,
-            content=content,
-            extensions={"timeout": httpx.Timeout(route.timeout).as_dict()},
-        )
+        return target, headers, content, length
 
 
 def _content_length(headers) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import threading
 import time
@@ -143,6 +144,7 @@ class Tokens:
         self.audience = issuer
         self.access_ttl = access_ttl
         self.clock = clock
+        self._last_signer: _CompactSigner | None = None
 
     def mint_session(self, sub: str, roles: tuple[str, ...], sid: str) -> tuple[str, Claims]:
         """A signed session token for this user and session."""
@@ -182,7 +184,14 @@ class Tokens:
             "exp": now + ASSERTION_TTL,
         }
         key = self.keyring.signing_key()
-        return jwt.encode(payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid})
+        return self._signer(key).sign(payload)
+
+    def _signer(self, key: SigningKey) -> _CompactSigner:
+        # one per signing key: the header segment and the prepared key are built once
+        signer = self._last_signer
+        if signer is None or signer.key is not key:
+            signer = self._last_signer = _CompactSigner(key)
+        return signer
 
     def verify_session(self, token: str) -> Claims:
         """Verify a session token; raise TokenExpired (with claims) or TokenError."""
@@ -263,6 +272,28 @@ def _session_claims(payload: dict[str, Any], kid: str) -> Claims:
         exp=_number(payload["exp"]),
         kid=kid,
     )
+
+
+class _CompactSigner:
+    """jwt.encode for one key without re-encoding its constant header on every call.
+
+    An assertion is minted per proxied request; PyJWT's general path (header dict, JSON,
+    key preparation) cost as much as the signature itself.
+    """
+
+    def __init__(self, key: SigningKey) -> None:
+        self.key = key
+        self.algorithm = jwt.get_algorithm_by_name(key.algorithm)
+        self.prepared = self.algorithm.prepare_key(key.private)
+        header = {"alg": key.algorithm, "kid": key.kid, "typ": "JWT"}
+        self.header = b64url(json.dumps(header, separators=(",", ":")).encode()).encode()
+
+    def sign(self, payload: dict[str, Any]) -> str:
+        """The compact JWS of this payload."""
+        body = b64url(json.dumps(payload, separators=(",", ":")).encode())
+        signing_input = self.header + b"." + body.encode("ascii")
+        signature = self.algorithm.sign(signing_input, self.prepared)
+        return f"{signing_input.decode('ascii')}.{b64url(signature)}"
 
 
 def b64url(data: bytes) -> str:
