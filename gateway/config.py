@@ -42,6 +42,11 @@ class ServerConfig:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     admin_listen: str = "127.0.0.1:9100"
     allowed_origins: tuple[str, ...] = ()
+    # protocol limits enforced by gateway/protocol.py (uvicorn's httptools mode has none)
+    max_request_line: int = 8192
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    header_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ class Route:
 
     name: str
     path: str
-    upstream: str
+    upstream: str  # "" when loaded for the ASGI/WSGI middleware, whose app takes its place
     host: str | None = None
     auth: str = "required"
     roles: tuple[str, ...] = ()
@@ -420,8 +425,13 @@ def build_config(
     base_dir: Path,
     env: Mapping[str, str] | None = None,
     source: Path | None = None,
+    *,
+    require_upstream: bool = True,
 ) -> Config:
-    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    """Validate a parsed TOML document; raise ConfigError listing every problem.
+
+    `require_upstream=False` is the middleware's reading: a route may omit `upstream`.
+    """
     errors: list[str] = []
     raw = interpolate(raw, "", errors, os.environ if env is None else env)
     top = _Reader(raw, "", errors)
@@ -437,6 +447,10 @@ def build_config(
         trusted_proxies=r.get("trusted_proxies", (), _networks),
         admin_listen=r.get("admin_listen", "127.0.0.1:9100", lambda v: (_listen(v), v)[1]),
         allowed_origins=r.get("allowed_origins", (), _origins),
+        max_request_line=r.get("max_request_line", 8192, _positive_int),
+        max_header_bytes=r.get("max_header_bytes", 32768, _positive_int),
+        max_headers=r.get("max_headers", 100, _positive_int),
+        header_timeout=r.get("header_timeout", 10.0, _positive_duration),
     )
     r.finish()
 
@@ -460,6 +474,8 @@ def build_config(
             errors.append('auth.sql.query: missing; users = "sql" needs a query with :username')
         elif ":username" not in sql.query:
             errors.append(f"auth.sql.query: {sql.query!r} does not use the :username parameter")
+        if sql.dsn and (problem := _sql_dsn_problem(sql.dsn)):
+            errors.append(f"auth.sql.dsn: {problem}")
     auth = AuthConfig(prefix=prefix, users=users, users_file=users_file, sql=sql)
     r.finish()
 
@@ -512,7 +528,7 @@ def build_config(
     identity = _identity(r, IdentityConfig())
     r.finish()
 
-    routes = _routes(raw.get("routes"), identity, prefix, errors)
+    routes = _routes(raw.get("routes"), identity, prefix, errors, require_upstream)
     top.seen.add("routes")
     top.finish()
     if errors:
@@ -539,8 +555,29 @@ def _store_url(value: object) -> str:
     return text
 
 
+# the schemes whose drivers the gateway installs (psycopg, PyMySQL, the stdlib's sqlite3)
+_SQL_SCHEMES = {"sqlite", "postgres", "postgresql", "postgresql+psycopg", "mysql", "mariadb"}
+_SQL_SCHEMES |= {"mysql+pymysql", "mariadb+pymysql"}
+
+
+def _sql_dsn_problem(dsn: str) -> str | None:
+    """Why a users-database URL cannot work, without repeating it (it may hold a password)."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or not rest:
+        return "is not a database URL like postgresql://user@host/db (value not shown)"
+    if scheme.lower() not in _SQL_SCHEMES:
+        return f"scheme {scheme[:30]!r} is not sqlite, postgresql (postgres) or mysql (mariadb)"
+    if scheme.lower() == "sqlite" and not rest.startswith("/"):
+        return "a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db"
+    return None
+
+
 def _routes(
-    raw: object, identity: IdentityConfig, prefix: str, errors: list[str]
+    raw: object,
+    identity: IdentityConfig,
+    prefix: str,
+    errors: list[str],
+    require_upstream: bool = True,
 ) -> tuple[Route, ...]:
     if raw is None:
         errors.append("routes: missing; add at least one [[routes]] table")
@@ -560,7 +597,7 @@ def _routes(
         upstream = r.get("upstream", None, _http_url)
         if "path" not in r.raw:
             errors.append(f"{path}.path: missing")
-        if "upstream" not in r.raw:
+        if "upstream" not in r.raw and require_upstream:
             errors.append(f"{path}.upstream: missing")
         if "name" not in r.raw:
             errors.append(f"{path}.name: missing")
@@ -573,7 +610,7 @@ def _routes(
         route = Route(
             name=name,
             path=route_path or "/",
-            upstream=upstream or "http://127.0.0.1",
+            upstream=upstream or "",
             host=r.get("host", None, _host),
             auth=auth,
             roles=roles,
@@ -631,11 +668,14 @@ def load_config(
     path: str | os.PathLike[str],
     env: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
+    *,
+    require_upstream: bool = True,
 ) -> Config:
     """Read and validate a gateway.toml; raise ConfigError with every problem found.
 
     Relative paths inside are taken from the file's own folder (a symlink's, not its
-    target's), or from `base_dir` when given.
+    target's), or from `base_dir` when given. The middleware reads it with
+    `require_upstream=False`.
     """
     file = Path(path).absolute()
     try:
@@ -648,4 +688,6 @@ def load_config(
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{file}: not valid TOML: {exc}"]) from None
-    return build_config(raw, base_dir or file.parent, env, source=file)
+    return build_config(
+        raw, base_dir or file.parent, env, source=file, require_upstream=require_upstream
+    )

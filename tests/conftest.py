@@ -132,7 +132,9 @@ def write_config(
     """A gateway.toml in `directory` listening on `port`; `extra` adds or overrides tables."""
     store_url = store or "sqlite:///data/gateway.db"
     sections = {
-        "server": f'listen = "127.0.0.1:{port}"\npublic_url = "http://localhost:{port}"',
+        "server": f'listen = "127.0.0.1:{port}"\npublic_url = "http://localhost:{port}"\n'
+        # each test gateway gets an admin (metrics) port of its own, not the shared default
+        f'admin_listen = "127.0.0.1:{free_port()}"',
         "auth": 'users_file = "users.toml"',
         "keys": 'dir = "keys"',
         "store": f'url = "{store_url}"',

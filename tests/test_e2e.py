@@ -392,3 +392,43 @@ def test_json_error_bodies_are_json(gateway: Gateway):
     response = gateway.client().get("/app/x")
     assert response.headers["content-type"] == "application/json"
     json.loads(response.text)
+
+
+def test_a_lone_surrogate_in_a_json_login_is_400_not_a_crash(gateway: Gateway):
+    body = b'{"username": "\\ud800", "password": "\\udfff"}'
+    response = gateway.client().post(
+        "/.auth/login", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request"
+
+
+def test_a_hand_edited_hash_in_the_users_file_is_a_failed_login(gateway: Gateway):
+    users = gateway.directory / "users.toml"
+    original = users.read_text()
+    users.write_text(original + '\n[users.mallory]\nhash = "plaintext-password"\nroles = []\n')
+    try:
+        response = gateway.client().post(
+            "/.auth/login", json={"username": "mallory", "password": "plaintext-password"}
+        )
+        assert response.status_code == 401
+        assert "unrecognised password hash format" in gateway.logs()
+        assert gateway.client().get("/.auth/health").status_code == 200
+    finally:
+        users.write_text(original)
+
+
+def test_verify_sends_a_non_latin1_user_id_as_utf8(gateway: Gateway):
+    import time
+
+    from gateway.config import load_config
+    from gateway.tokens import Keyring, Tokens
+
+    config = load_config(gateway.config)
+    tokens = Tokens(Keyring(config.keys), config.server.public_url, 900, time.time)
+    token, _ = tokens.mint_session("zoë-李", ("staff",), "sid-utf8")
+    response = gateway.client(cookies={"gw_session": token}).get(
+        "/.auth/verify", headers={"x-forwarded-uri": "/app/x", "x-forwarded-method": "GET"}
+    )
+    assert response.status_code == 200
+    assert dict(response.headers.raw)[b"x-user-id"] == "zoë-李".encode()

@@ -7,8 +7,10 @@ database never stalls the event loop, and a busy timeout lets workers take turns
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -35,6 +37,31 @@ CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
 _COLUMNS = "sid, user, created, last_seen, expires, revoked"
 
 
+def _prepare(conn: sqlite3.Connection) -> None:
+    """WAL mode and the schema; safe when several workers open a new file at the same moment."""
+    conn.execute("PRAGMA busy_timeout = 10000")
+    # switching to WAL needs the file to itself: a worker opening it at the same instant can
+    # get "database is locked" at once, without the busy timeout, so try again for a while
+    for attempt in range(100):
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.02 + random.random() * 0.03)  # jitter only
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _session(row: tuple) -> Session:
     sid, user, created, last_seen, expires, revoked = row
     return Session(sid, user, created, last_seen, expires, bool(revoked))
@@ -54,10 +81,11 @@ class SqliteStore:
             conn = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA busy_timeout = 10000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.executescript(_SCHEMA)
+            try:
+                _prepare(conn)
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
 
