@@ -74,7 +74,12 @@ def upstream_error_kind(exc: BaseException) -> str:
 
 def upstream_error(route: str, exc: BaseException) -> None:
     """Count an upstream failure of a route."""
-    UPSTREAM_ERRORS.labels(route, upstream_error_kind(exc)).inc()
+    upstream_failure(route, upstream_error_kind(exc))
+
+
+def upstream_failure(route: str, kind: str) -> None:
+    """Count an upstream failure of a route by kind: connect, timeout or other."""
+    UPSTREAM_ERRORS.labels(route, kind).inc()
 
 
 def login(outcome: str) -> None:

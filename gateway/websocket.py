@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from gateway import metrics
 from gateway.config import Config, Route
 from gateway.context import RequestContext, context_of
 from gateway.errors import send_error
@@ -197,8 +198,10 @@ class ProxyWebSocket:
             log.warning(
                 "upstream websocket timeout route=%s request_id=%s", route.name, ctx.request_id
             )
+            metrics.upstream_failure(route.name, "timeout")
             await send_error(send, 504, "upstream_timeout", "The upstream did not answer in time.")
         except (OSError, InvalidHandshake) as exc:
+            metrics.upstream_failure(route.name, "connect" if isinstance(exc, OSError) else "other")
             log.warning(
                 "upstream websocket unreachable route=%s kind=%s request_id=%s",
                 route.name,

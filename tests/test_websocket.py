@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -20,6 +21,7 @@ from websockets.http11 import Response
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import Request, ServerConnection, serve
 
+from gateway.config import load_config
 from tests.conftest import Gateway, add_users, closed_port, free_port, start_gateway, write_config
 
 
@@ -286,3 +288,26 @@ def test_refused_upgrade_is_an_http_answer_before_any_upgrade(
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
     if error != "upstream_refused":
         assert len(echo.handshakes) == before  # the upstream never saw it
+
+
+def test_an_unreachable_websocket_upstream_is_counted_in_metrics(gw: Gateway) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    config = load_config(gw.config)
+    admin = f"http://{config.server.admin_listen}/metrics"
+
+    def connect_errors() -> float:
+        text = httpx.get(admin, trust_env=False).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "gateway_upstream_errors_total" and sample.labels == {
+                    "route": "ws-dead",
+                    "kind": "connect",
+                }:
+                    return sample.value
+        return 0.0
+
+    before = connect_errors()
+    with pytest.raises(InvalidStatus):
+        open_ws(gw, "/wsdead/x")
+    assert connect_errors() == before + 1
