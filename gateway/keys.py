@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 ASYMMETRIC = ("EdDSA", "ES256", "RS256")
-_KID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+# creation time to the microsecond (a rotation right after the first start must sort after it)
+_KID = re.compile(r"^([0-9]{8}T[0-9]{6})(?:\.([0-9]{6}))?Z-[0-9a-f]{8}$")
 ACTIVATE_AFTER = 10.0  # seconds; at least twice the replicas' key reload interval
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -63,16 +64,25 @@ def _algorithm_of(key: object) -> str | None:
 
 
 def new_kid(now: float | None = None) -> str:
-    """A sortable key id: UTC creation time and 32 random bits."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
-    return f"{stamp}-{secrets.token_hex(4)}"
+    """A sortable key id: UTC creation time to the microsecond and 32 random bits."""
+    when = time.time() if now is None else now
+    seconds = int(when)
+    micros = round((when - seconds) * 1_000_000)
+    if micros == 1_000_000:
+        seconds, micros = seconds + 1, 0
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds))
+    return f"{stamp}.{micros:06d}Z-{secrets.token_hex(4)}"
 
 
 # the signing key is chosen per minted token (one assertion per proxied request): parse once
 @functools.lru_cache(maxsize=256)
 def created_at(kid: str) -> float:
     """The creation time a key id records (unix seconds)."""
-    return float(calendar.timegm(time.strptime(kid.split("-", 1)[0], "%Y%m%dT%H%M%SZ")))
+    match = _KID.match(kid)
+    if match is None:
+        raise ValueError(f"not a key id: {kid!r}")
+    seconds = calendar.timegm(time.strptime(match.group(1), "%Y%m%dT%H%M%S"))
+    return seconds + int(match.group(2) or 0) / 1_000_000
 
 
 def active_key(keys: list[SigningKey], now: float) -> SigningKey:
@@ -92,7 +102,14 @@ def write_key(directory: Path, algorithm: str, now: float | None = None) -> str:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    kid = new_kid(now)
+    when = time.time() if now is None else now
+    if now is None:
+        # a clock stepped back must not make the new key sort before (and sign after) an old one
+        newest = max(
+            (created_at(f.stem) for f in directory.glob("*.pem") if _KID.match(f.stem)), default=0.0
+        )
+        when = max(when, newest + 0.000001)
+    kid = new_kid(when)
     final = directory / f"{kid}.pem"
     temp = directory / f".{kid}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -119,10 +136,10 @@ def load_keys(directory: Path) -> list[SigningKey]:
     if not directory.is_dir():
         return []
     keys = []
-    for file in sorted(directory.glob("*.pem")):
+    files = [f for f in directory.glob("*.pem") if _KID.match(f.stem)]
+    # oldest first by the recorded time (ids without microseconds, from before, sort by it too)
+    for file in sorted(files, key=lambda f: (created_at(f.stem), f.stem)):
         kid = file.stem
-        if not _KID.match(kid):
-            continue
         try:
             private = serialization.load_pem_private_key(file.read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as exc:
