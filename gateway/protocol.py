@@ -15,6 +15,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from gateway.coalesce import CoalescingTransport
+
 
 @dataclass(frozen=True)
 class ProtocolLimits:
@@ -50,6 +52,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the clock: a connection that never completes a head is closed."""
         super().connection_made(transport)
+        # a response's head and body leave in one write (gateway/coalesce.py)
+        self.transport = CoalescingTransport(transport, self.loop)
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -37,6 +37,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.error: BaseException | None = None
         self.head_only = False  # the request was HEAD: no body follows the headers
+        self.in_use = False  # a request was sent on it and its response is not released yet
         self._reset()
         self._write_paused = False
         self._drain: asyncio.Future | None = None
@@ -63,8 +64,9 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
-        if self.complete:
-            # bytes after a complete response we did not ask for: never reuse this connection
+        if self.complete or not self.in_use:
+            # bytes nobody asked for (after a response, or on an idle connection, like a 408
+            # before a close): never let them pass as the answer to the next request
             self.error = httpx.RemoteProtocolError("unexpected data from the upstream")
             self._close()
             return
@@ -290,6 +292,7 @@ class UpstreamPool:
             and conn.keep_alive
             and not conn.body
         )
+        conn.in_use = False
         if reusable and not self._closed and len(self._idle) < self.max_idle:
             conn._reset()
             self._idle.append(conn)
@@ -366,6 +369,7 @@ class UpstreamPool:
         timeout: float,
     ) -> UpstreamResponse:
         try:
+            conn.in_use = True
             conn.head_only = method == "HEAD"
             transport = conn.transport
             assert transport is not None

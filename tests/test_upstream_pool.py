@@ -185,3 +185,33 @@ def test_garbage_is_a_protocol_error():
             await pool.aclose()
 
     asyncio.run(run())
+
+
+def test_bytes_sent_on_an_idle_connection_never_answer_the_next_request():
+    async def run():
+        server_writers = []
+
+        async def serve(reader, writer):
+            server_writers.append(writer)
+            try:
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")
+                    writer.write(OK)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        pool = UpstreamPool(url)
+        assert await read_all(pool) == (200, b"ok")
+        # an unsolicited answer on the idle connection (as a server timing it out may send)
+        server_writers[0].write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+        await server_writers[0].drain()
+        await asyncio.sleep(0.05)
+        assert await read_all(pool) == (200, b"ok")
+        await pool.aclose()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(run())

@@ -1,0 +1,98 @@
+"""`python -m bench.launch`: the gateway CLI with parts of the hot path switched back.
+
+For the before/after steps in bench/RESULTS.md. BENCH_VARIANT is a comma-separated list:
+  httpx | httpx-aiohttp | aiohttp   forward with that client instead of gateway.upstream_pool
+  nocache                           verify every token in full (no gateway.tokencache)
+  pyjwt                             mint assertions with jwt.encode, parse key ids every time
+  nofreeze                          no gc.freeze() after the app is built
+  asyncio-h11 | asyncio | h11       uvicorn on asyncio's loop and/or h11, not uvloop/httptools
+  nocoalesce                        a response's head and body in two writes (no gateway.coalesce)
+Only with `--workers 1`: uvicorn's worker processes would import the gateway afresh.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+
+
+def apply(variant: set[str]) -> None:
+    """Switch the named parts back to what the gateway did before."""
+    import gateway.app
+    import gateway.authn
+    import gateway.keys
+    import gateway.proxy
+    import gateway.tokens
+    from bench.transports import TRANSPORTS
+
+    for name, factory in TRANSPORTS.items():
+        if name in variant:
+
+            def build_clients(config, factory=factory):
+                return {r.upstream: factory(r.upstream) for r in config.routes}
+
+            gateway.proxy.build_clients = build_clients
+            gateway.app.build_clients = build_clients
+    if "nocache" in variant:
+
+        class Uncached:
+            def __init__(self, tokens) -> None:
+                self.verify_session = tokens.verify_session
+
+        gateway.authn.VerifiedTokens = Uncached
+    if "pyjwt" in variant:
+        import secrets
+
+        import jwt
+
+        def mint_assertion(self, sub, roles, route, method, path):
+            # the gateway's mint_assertion before the compact signer, verbatim
+            now = int(self.clock())
+            payload = {
+                "iss": self.issuer,
+                "aud": route,
+                "sub": sub,
+                "roles": list(roles),
+                "method": method,
+                "path": path,
+                "jti": secrets.token_urlsafe(12),
+                "iat": now,
+                "nbf": now,
+                "exp": now + gateway.tokens.ASSERTION_TTL,
+            }
+            key = self.keyring.signing_key()
+            return jwt.encode(
+                payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid}
+            )
+
+        gateway.tokens.Tokens.mint_assertion = mint_assertion
+        gateway.keys.created_at = gateway.keys.created_at.__wrapped__
+    server = {}
+    if "asyncio-h11" in variant or "asyncio" in variant:
+        server["loop"] = "asyncio"
+    if "asyncio-h11" in variant or "h11" in variant:
+        server["http"] = "h11"
+    if server:
+        import uvicorn
+
+        plain_init = uvicorn.Config.__init__
+
+        def init(self, *args, **kwargs):
+            kwargs.update(server)
+            plain_init(self, *args, **kwargs)
+
+        uvicorn.Config.__init__ = init
+    if "nocoalesce" in variant:
+        import gateway.protocol
+
+        gateway.protocol.CoalescingTransport = lambda transport, loop: transport
+    if "nofreeze" in variant:
+        gc.freeze = lambda: None
+
+
+if __name__ == "__main__":
+    apply({part.strip() for part in os.environ.get("BENCH_VARIANT", "").split(",") if part})
+    from gateway.cli import main
+
+    sys.exit(main(sys.argv[1:]))

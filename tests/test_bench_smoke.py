@@ -1,0 +1,58 @@
+"""The benchmark runs end to end on tiny durations: every setup answers, nothing errors.
+
+No timing is asserted: only that `python -m bench --quick` starts everything, measures,
+prints its tables and stops what it started.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+from tests.services import need
+
+
+def test_the_benchmark_runs_end_to_end_and_stops_what_it_started(tmp_path: Path):
+    for tool in ("wrk", "nginx", "haproxy", "curl"):
+        need(tool, shutil.which(tool) is not None, "the benchmark drives it")
+    for module in ("gunicorn", "requests", "flask", "aiohttp", "httpx_aiohttp"):
+        need(module, importlib.util.find_spec(module) is not None, "pip install -e '.[bench]'")
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--no-install", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert set(report["main"]) == {
+        "1 nginx direct",
+        "2 nginx proxy",
+        "3 haproxy jwt_verify HS256",
+        "4 flask+requests gunicorn 2w",
+        "5 gateway 1w EdDSA",
+        "5 gateway 2w EdDSA",
+        "5 gateway 1w HS256",
+        "5 gateway 2w HS256",
+    }
+    for name, runs in report["main"].items():
+        assert all(run["requests"] > 0 and run["errors"] == 0 for run in runs), name
+    assert set(report["routes"]) == {"1", "100", "10,000", "10,000 without gc.freeze"}
+    assert len(report["steps"]) == 10
+    for name, runs in [*report["routes"].items(), *report["steps"].items()]:
+        assert all(run["requests"] > 0 and run["errors"] == 0 for run in runs), name
+    for kind in ("download", "upload"):
+        transfer = report["transfer"][kind]
+        assert (transfer["status"], transfer["bytes"]) == (200, 8 << 20), kind
+    assert report["idle"]["connections"] == report["idle"]["still_open_after"]
+    assert "| setup | req/s |" in done.stdout
+    # everything it started is gone: no process still runs from its temporary directory
+    leftover = subprocess.run(["pgrep", "-f", "gateway-bench-"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", leftover.stdout
