@@ -23,6 +23,7 @@ from gateway.redirects import safe_next
 from gateway.routing import Refusal, Router, normalize_path
 from gateway.runtime import Runtime
 from gateway.store.base import StoreUnavailable
+from gateway.users.base import encodable
 from gateway.users.file import MAX_PASSWORD_BYTES, canonical_username
 
 log = logging.getLogger("gateway.login")
@@ -164,7 +165,7 @@ class Endpoints:
             next_target = fields.get("next", "/")
         if not isinstance(username, str) or not isinstance(password, str) or not username:
             raise Refused(400, "bad_request", "Username and password are required.")
-        if not _encodable(username) or not _encodable(password):
+        if not encodable(username) or not encodable(password):
             # JSON may carry lone surrogates ("\ud800"), which no store or hash can take
             raise Refused(400, "bad_request", "Username and password must be valid Unicode.")
         if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES or len(username) > 256:
@@ -383,11 +384,3 @@ class Endpoints:
             {"status": "ready", "store": "ok", "key": self.rt.keyring.active.kid},
             headers={"cache-control": "no-store"},
         )
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -20,3 +20,12 @@ class UserBackend(Protocol):
     async def authenticate(self, username: str, password: str) -> User | None: ...
 
     async def close(self) -> None: ...
+
+
+def encodable(text: str) -> bool:
+    """False for text no store, driver or hash can take (JSON may carry lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

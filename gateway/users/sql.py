@@ -22,7 +22,7 @@ import sqlalchemy
 from sqlalchemy import event
 
 from gateway.store.base import StoreUnavailable
-from gateway.users.base import User
+from gateway.users.base import User, encodable
 from gateway.users.hashes import UnknownHashFormat, burn_time, hash_format, verify_password
 
 log = logging.getLogger("gateway.users")
@@ -166,7 +166,7 @@ class SqlUsers:
 
     def _check(self, username: str, password: str) -> User | None:
         # no database stores a NUL or a lone surrogate in a name; PostgreSQL would error on it
-        if "\x00" in username or not _encodable(username):
+        if "\x00" in username or not encodable(username):
             burn_time(password)
             return None
         try:
@@ -201,14 +201,6 @@ class SqlUsers:
     async def close(self) -> None:
         """Close the pool's connections."""
         await asyncio.to_thread(self.engine.dispose)
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _reason(exc: sqlalchemy.exc.SQLAlchemyError) -> str:
