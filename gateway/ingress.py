@@ -48,8 +48,8 @@ class Ingress:
         view = client_view(scope, self.trusted)
         request_id = self._request_id(scope, view.trusted)
         headers = scope["headers"]
-        is_http = scope["type"] == "http"
-        problem = framing_problem(headers) if is_http else None
+        # websocket upgrades too: two Host headers would let a host route be matched on one
+        problem = framing_problem(headers)
         if problem is not None:
             await send_error(send, 400, "bad_request", f"Refused: {problem}.")
             return

@@ -311,3 +311,22 @@ def test_an_unreachable_websocket_upstream_is_counted_in_metrics(gw: Gateway) ->
     with pytest.raises(InvalidStatus):
         open_ws(gw, "/wsdead/x")
     assert connect_errors() == before + 1
+
+
+def test_an_upgrade_with_two_host_headers_is_refused_before_any_upgrade(
+    gw: Gateway, echo: EchoUpstream
+) -> None:
+    from tests.rawhttp import raw_request
+
+    before = len(echo.handshakes)
+    request = (
+        "GET /ws/echo HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{gw.port}\r\n"
+        "Host: crm.example.com\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Cookie: gw_session={session_cookie(gw)}\r\n\r\n"
+    )
+    response = raw_request(gw.port, request.encode("latin-1"))
+    assert response.status == 400
+    assert len(echo.handshakes) == before
