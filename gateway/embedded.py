@@ -18,7 +18,7 @@ import os
 
 from gateway.config import Config, Route, load_config
 from gateway.context import RequestContext
-from gateway.headers import LEGACY, canonical, cookie_names
+from gateway.headers import LEGACY, canonical, cookie_names, identity_names, sets_our_cookie
 from gateway.tokens import Tokens
 
 Header = tuple[bytes, bytes]
@@ -37,18 +37,12 @@ class AppHeaders:
     def __init__(self, config: Config, tokens: Tokens) -> None:
         self.tokens = tokens
         self.cookie_names = cookie_names(config)
-        self._folded_cookie_names = frozenset(n.lower() for n in self.cookie_names)
-        identity_names = set()
-        for item in (config.identity, *(r.identity for r in config.routes)):
-            for name in (item.user_header, item.roles_header, item.assertion_header):
-                if name:
-                    identity_names.add(canonical(name.encode("latin-1")))
         # as the proxy strips them (headers.UpstreamHeaders), in every spelling; framing, Host
         # and X-Forwarded-* stay as the app's own server set them: no hop lies between
         self.strip = {
             route.name: frozenset(
                 LEGACY
-                | identity_names
+                | identity_names(config)
                 | {canonical(h.encode("latin-1")) for h in route.strip_headers}
             )
             for route in config.routes
@@ -77,5 +71,4 @@ class AppHeaders:
 
     def sets_our_cookie(self, set_cookie: bytes) -> bool:
         """True for a Set-Cookie value that would set or clear the gateway's session cookie."""
-        name = set_cookie.split(b"=", 1)[0].strip().lower()
-        return name in self._folded_cookie_names
+        return sets_our_cookie(set_cookie, self.cookie_names)

@@ -260,19 +260,21 @@ def cookie_names(config: Config) -> frozenset[bytes]:
     return frozenset({base, b"__Host-" + base, b"__Secure-" + base})
 
 
+def sets_our_cookie(set_cookie: bytes, ours: frozenset[bytes]) -> bool:
+    """True for a Set-Cookie value that would set or clear the gateway's cookie, in any case."""
+    return set_cookie.split(b"=", 1)[0].strip().lower() in {n.lower() for n in ours}
+
+
 def response_headers(raw: Iterable[Header], ours: frozenset[bytes]) -> list[Header]:
     """Upstream response headers to pass back: no hop-by-hop, no Set-Cookie for our cookie."""
     out: list[Header] = []
-    folded_ours = {n.lower() for n in ours}
     for key, value in raw:
         name = key.lower()
         if name in RESPONSE_HOP_BY_HOP:
             continue
-        if name == b"set-cookie":
-            cookie = value.split(b"=", 1)[0].strip().lower()
-            # an upstream must not set, replace or clear the gateway's session
-            if cookie in folded_ours:
-                continue
+        # an upstream must not set, replace or clear the gateway's session
+        if name == b"set-cookie" and sets_our_cookie(value, ours):
+            continue
         out.append((name, value))
     return out
 
