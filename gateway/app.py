@@ -127,9 +127,7 @@ class GatewayApp:
         self.runtime = rt = build_runtime(config, clock, store)
         self.clients = build_clients(config)
         forward = Forward(config, self.clients, rt.tokens)
-        self.app = AccessLog(
-            build_chain(rt, Router(config.routes), ProxyWebSocket(forward, config, rt.tokens))
-        )
+        self.app = AccessLog(build_chain(rt, Router(config.routes), ProxyWebSocket(forward)))
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":

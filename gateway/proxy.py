@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 import httpx
 
 from gateway import metrics
 from gateway.config import Config, Route
-from gateway.context import context_of
+from gateway.context import RequestContext, context_of
 from gateway.errors import send_error
 from gateway.headers import Header, UpstreamHeaders, cookie_names, response_headers
 from gateway.routing import encode_path, strip_route_prefix
@@ -121,30 +121,38 @@ class Forward:
         finally:
             await response.aclose()
 
-    def _request(
-        self, scope, receive, route: Route, method: str
-    ) -> tuple[bytes, list[Header], _RequestBody | None, int | None]:
-        """Request target, headers, body (None when empty) and Content-Length for the upstream."""
-        ctx = context_of(scope)
-        path = strip_route_prefix(ctx.path, route) if route.strip_prefix else ctx.path
-        target = self.base_path[route.name] + encode_path(path)
-        query = scope.get("query_string", b"")
-        if query:
-            target += b"?" + query
+    def upstream_target(self, route: Route, path: str, query: bytes) -> bytes:
+        """The request target on the route's upstream: its own base path, then ours."""
+        forwarded = strip_route_prefix(path, route) if route.strip_prefix else path
+        target = self.base_path[route.name] + encode_path(forwarded)
+        return target + b"?" + query if query else target
+
+    def upstream_headers(
+        self, ctx: RequestContext, route: Route, client_headers: Iterable[Header], method: str
+    ) -> list[Header]:
+        """What the upstream receives (headers.py), with an assertion minted for this request."""
         identity = ctx.identity
         assertion = None
         if identity is not None and route.identity.assertion_header:
             assertion = self.tokens.mint_assertion(
                 identity.sub, identity.roles, route.name, method, ctx.path
             )
-        headers = self.headers[route.name].build(
-            scope["headers"],
+        return self.headers[route.name].build(
+            client_headers,
             ctx.view,
             ctx.request_id,
             strip_authorization=ctx.used_bearer,
             identity=(identity.sub, identity.roles) if identity is not None else None,
             assertion=assertion,
         )
+
+    def _request(
+        self, scope, receive, route: Route, method: str
+    ) -> tuple[bytes, list[Header], _RequestBody | None, int | None]:
+        """Request target, headers, body (None when empty) and Content-Length for the upstream."""
+        ctx = context_of(scope)
+        target = self.upstream_target(route, ctx.path, scope.get("query_string", b""))
+        headers = self.upstream_headers(ctx, route, scope["headers"], method)
         length = _content_length(scope["headers"])
         content = None
         if length is not None:

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from gateway import metrics
-from gateway.config import Config, Route
+from gateway.config import Route
 from gateway.context import RequestContext, context_of
 from gateway.errors import send_error
-from gateway.headers import UpstreamHeaders
-from gateway.routing import encode_path, strip_route_prefix
-from gateway.tokens import Tokens
+from gateway.proxy import Forward
 
 log = logging.getLogger("gateway.websocket")
 
@@ -91,26 +89,20 @@ class RefuseBeforeUpgrade:
         await self.app(scope, receive, send)
 
 
-def upstream_uri(route: Route, path: str, query: bytes) -> str:
-    """The ws:// or wss:// address on the route's upstream for a normalized path."""
-    parts = urlsplit(route.upstream)
+def upstream_uri(upstream: str, target: bytes) -> str:
+    """The ws:// or wss:// address for a request target on the route's upstream."""
+    parts = urlsplit(upstream)
     scheme = "wss" if parts.scheme == "https" else "ws"
-    forwarded = strip_route_prefix(path, route) if route.strip_prefix else path
-    target = parts.path.rstrip("/") + encode_path(forwarded).decode("ascii")
-    if query:
-        target += "?" + query.decode("latin-1")
-    return f"{scheme}://{parts.netloc}{target}"
+    return f"{scheme}://{parts.netloc}{target.decode('latin-1')}"
 
 
 class ProxyWebSocket:
     """Pure ASGI: websocket scopes go to the route's upstream; anything else to the next app."""
 
-    def __init__(self, app, config: Config, tokens: Tokens) -> None:
-        self.app = app
-        self.tokens = tokens
-        self.headers: Mapping[str, UpstreamHeaders] = {
-            route.name: UpstreamHeaders(config, route) for route in config.routes
-        }
+    def __init__(self, forward: Forward) -> None:
+        # the HTTP step behind us builds the same upstream target and headers for an upgrade
+        self.app = forward
+        self.forward = forward
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "websocket":
@@ -143,22 +135,10 @@ class ProxyWebSocket:
         self, scope: dict, ctx: RequestContext, route: Route, send: Send
     ) -> ClientConnection | None:
         """Connect to the upstream with our headers, or refuse the client with 502/504."""
-        identity = ctx.identity
-        assertion = None
-        if identity is not None and route.identity.assertion_header:
-            assertion = self.tokens.mint_assertion(
-                identity.sub, identity.roles, route.name, "GET", ctx.path
-            )
         client_headers = [(k, v) for k, v in scope["headers"] if k not in HANDSHAKE_HEADERS]
-        headers = self.headers[route.name].build(
-            client_headers,
-            ctx.view,
-            ctx.request_id,
-            strip_authorization=ctx.used_bearer,
-            identity=(identity.sub, identity.roles) if identity is not None else None,
-            assertion=assertion,
-        )
-        uri = upstream_uri(route, ctx.path, scope.get("query_string", b""))
+        headers = self.forward.upstream_headers(ctx, route, client_headers, "GET")
+        target = self.forward.upstream_target(route, ctx.path, scope.get("query_string", b""))
+        uri = upstream_uri(route.upstream, target)
         extra: dict = {}
         host = [v for k, v in headers if k == b"host"]
         if host:
