@@ -20,12 +20,12 @@ from gateway.coalesce import CoalescingTransport
 
 @dataclass(frozen=True)
 class ProtocolLimits:
-    """Bounds on one request head; the defaults are the ones the README states."""
+    """Bounds on one request head, from `[server]` (its defaults are the ones the README states)."""
 
-    max_request_line: int = 8192
-    max_header_bytes: int = 32768
-    max_headers: int = 100
-    header_timeout: float = 10.0
+    max_request_line: int
+    max_header_bytes: int
+    max_headers: int
+    header_timeout: float
 
 
 class HeadRefused(Exception):
@@ -39,9 +39,9 @@ class HeadRefused(Exception):
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that answers 414, 431 or 408 and closes when a request head is abusive."""
 
-    def __init__(self, *args: Any, limits: ProtocolLimits | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: ProtocolLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.limits = limits or ProtocolLimits()
+        self.limits = limits
         self._reading_head = True
         self._head_bytes = 0  # bytes received while the head is incomplete
         self._url_bytes = 0
