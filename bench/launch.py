@@ -46,7 +46,7 @@ def apply(variant: set[str]) -> None:
 
         import jwt
 
-        def mint_assertion(self, sub, roles, route, method, path):
+        def mint_assertion(self, sub, roles, route, method, path, amr=()):
             # the gateway's mint_assertion before the compact signer, verbatim
             now = int(self.clock())
             payload = {
@@ -56,6 +56,7 @@ def apply(variant: set[str]) -> None:
                 "roles": list(roles),
                 "method": method,
                 "path": path,
+                "amr": list(amr),
                 "jti": secrets.token_urlsafe(12),
                 "iat": now,
                 "nbf": now,

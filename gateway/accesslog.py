@@ -28,6 +28,7 @@ FIELDS = (
     "status",
     "upstream_status",
     "user",
+    "auth_error",
     "duration_ms",
     "bytes",
 )
@@ -108,6 +109,8 @@ class _Exchange:
             "status": self.status if self.status is not None else CLIENT_CLOSED,
             "upstream_status": ctx.upstream_status if ctx else None,
             "user": user,
+            # why a presented cookie or bearer token was refused: "expired", "signature", ...
+            "auth_error": ctx.auth_error if ctx else None,
             "duration_ms": round((time.perf_counter() - self.started) * 1000, 1),
             "bytes": self.bytes,
         }

@@ -1,7 +1,7 @@
 """Builds the ASGI app from a Config: wires the pieces, nothing else.
 
-ingress -> authenticate -> endpoints (under auth.prefix)
-                        -> enforce policy -> forward (websocket upgrades: proxy them)
+access log -> the core's decision -> endpoints (under auth.prefix)
+                                  -> forward (websocket upgrades: proxy them)
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from gateway.accesslog import AccessLog
-from gateway.authn import Authenticate
 from gateway.config import Config
-from gateway.context import context_of
 from gateway.cookies import CookieJar
-from gateway.csrf import RefuseCrossSite, allowed_origins
+from gateway.core.decide import Core
+from gateway.core.nexthop import NextHop
+from gateway.core.pipeline import ASGIApp, Pipeline
 from gateway.endpoints import Endpoints
-from gateway.ingress import Ingress
 from gateway.keys import ensure_key
 from gateway.limits import LoginLimiter
-from gateway.policy import EnforcePolicy
 from gateway.proxy import Forward, build_clients
 from gateway.reload import ReloadingApp
 from gateway.routing import Router
@@ -32,7 +30,7 @@ from gateway.sessions import Sessions
 from gateway.store import Store, open_store
 from gateway.tokens import Keyring, Tokens
 from gateway.users.base import UserBackend
-from gateway.websocket import ProxyWebSocket, RefuseBeforeUpgrade
+from gateway.websocket import ProxyWebSocket
 
 log = logging.getLogger("gateway")
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -75,46 +73,15 @@ def build_runtime(
         users=build_users(config),
         cookies=CookieJar(config),
         limiter=LoginLimiter(store, config.login_limits, clock),
+        nexthop=NextHop(config, tokens),
     )
 
 
-def build_chain(
-    rt: Runtime, router: Router, allowed: Callable[..., Awaitable[None]]
-) -> RefuseBeforeUpgrade:
-    """Ingress -> authenticate -> endpoints | cross-site check -> policy -> `allowed`.
-
-    `allowed` is the last step: the proxy's forwarding, or the app the middleware wraps.
-    """
-    config = rt.config
-    endpoints = Endpoints(rt, router)
-    policy = EnforcePolicy(allowed, public_url=config.server.public_url, prefix=config.auth.prefix)
-    guarded = RefuseCrossSite(
-        policy,
-        allowed=allowed_origins(config.server.public_url, config.server.allowed_origins),
-    )
-
-    async def after_authn(scope, receive, send) -> None:
-        if context_of(scope).endpoint:
-            await endpoints(scope, receive, send)
-        else:
-            await guarded(scope, receive, send)
-
-    authn = Authenticate(
-        after_authn,
-        tokens=rt.tokens,
-        sessions=rt.sessions,
-        cookies=rt.cookies,
-        strict=config.session.revocation == "strict",
-    )
-    # a websocket upgrade any step refuses gets that step's HTTP answer, never a 101
-    return RefuseBeforeUpgrade(
-        Ingress(
-            authn,
-            router=router,
-            prefix=config.auth.prefix,
-            trusted=config.server.trusted_proxies,
-        )
-    )
+def build_pipeline(rt: Runtime, router: Router, allowed: ASGIApp) -> Pipeline:
+    """The core's decision, then our endpoints or `allowed`: the proxy's forwarding, or the app
+    the middleware wraps."""
+    core = Core(rt, router)
+    return Pipeline(core, Endpoints(rt, core), allowed)
 
 
 class GatewayApp:
@@ -126,8 +93,8 @@ class GatewayApp:
         self.config = config
         self.runtime = rt = build_runtime(config, clock, store)
         self.clients = build_clients(config)
-        forward = Forward(config, self.clients, rt.tokens)
-        self.app = AccessLog(build_chain(rt, Router(config.routes), ProxyWebSocket(forward)))
+        forward = Forward(config, self.clients, rt.nexthop)
+        self.app = AccessLog(build_pipeline(rt, Router(config.routes), ProxyWebSocket(forward)))
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":

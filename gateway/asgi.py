@@ -28,12 +28,11 @@ from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 
-from gateway.app import build_chain, build_runtime
+from gateway.app import build_pipeline, build_runtime
 from gateway.config import Config
 from gateway.context import Identity, context_of
-from gateway.embedded import AppHeaders, middleware_config
-from gateway.errors import send_error
-from gateway.headers import drop_cookie
+from gateway.core.nexthop import NextHop
+from gateway.embedded import middleware_config
 from gateway.routing import Router
 
 Scope = MutableMapping[str, Any]
@@ -65,33 +64,14 @@ class GatewayUser(BaseUser):
 class IntoApp:
     """Pure ASGI, the last step: an allowed request enters the wrapped app, identity added."""
 
-    def __init__(self, app: ASGIApp, headers: AppHeaders) -> None:
+    def __init__(self, app: ASGIApp, nexthop: NextHop) -> None:
         self.app = app
-        self.headers = headers
+        self.nexthop = nexthop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = context_of(scope)
-        route = ctx.route
-        assert route is not None  # ingress answers 404 before this
         identity = ctx.identity
-        # cross-site upgrades were refused by the chain (csrf.RefuseCrossSite)
-        if scope["type"] == "websocket" and not route.websocket:
-            await send_error(
-                send, 403, "websocket_refused", "This route does not accept WebSocket upgrades."
-            )
-            return
-        headers = []
-        for key, value in scope["headers"]:
-            if self.headers.removed(route, key):
-                continue
-            if key == b"cookie":
-                value = drop_cookie(value, self.headers.cookie_names)
-                if not value:
-                    continue
-            elif key == b"authorization" and ctx.used_bearer:
-                continue
-            headers.append((key, value))
-        headers.extend(self.headers.added(ctx, scope.get("method", "GET")))
+        headers = self.nexthop.app_headers(ctx, scope["headers"], scope.get("method", "GET"))
         if identity is None:
             user: BaseUser = UnauthenticatedUser()
             auth = AuthCredentials()
@@ -103,11 +83,7 @@ class IntoApp:
         async def send_without_our_cookie(message: MutableMapping[str, Any]) -> None:
             # the app must not set or clear the gateway's session: logout is {prefix}/logout
             if message["type"] in ("http.response.start", "websocket.accept"):
-                kept = [
-                    (k, v)
-                    for k, v in message.get("headers", ())
-                    if k.lower() != b"set-cookie" or not self.headers.sets_our_cookie(v)
-                ]
+                kept = self.nexthop.guard_response(message.get("headers", ()))
                 message = {**message, "headers": kept}
             await send(message)
 
@@ -121,8 +97,7 @@ class GatewayMiddleware:
         self.app = app
         self.config = middleware_config(config)
         self.runtime = rt = build_runtime(self.config)
-        into = IntoApp(app, AppHeaders(self.config, rt.tokens))
-        self.chain = build_chain(rt, Router(self.config.routes), into)
+        self.chain = build_pipeline(rt, Router(self.config.routes), IntoApp(app, rt.nexthop))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":

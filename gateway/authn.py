@@ -2,78 +2,48 @@
 
 from __future__ import annotations
 
-import logging
-
 from gateway import metrics
-from gateway.context import Identity, RequestContext, context_of
+from gateway.context import Identity, RequestContext
 from gateway.cookies import CookieJar
-from gateway.errors import send_error
+from gateway.headers import Header
 from gateway.sessions import Sessions
 from gateway.store.base import StoreUnavailable
 from gateway.tokencache import VerifiedTokens
 from gateway.tokens import Claims, TokenError, TokenExpired, Tokens
 
-log = logging.getLogger("gateway.authn")
 
-
-class Authenticate:
-    """Pure ASGI: find and verify the caller's token, put the Identity in the request context."""
+class Authenticator:
+    """Find and verify the caller's token; put the Identity (or why not) in the request context."""
 
     def __init__(
         self,
-        app,
         *,
         tokens: Tokens,
         sessions: Sessions,
         cookies: CookieJar,
         strict: bool,
     ) -> None:
-        self.app = app
         self.tokens = tokens
         self.verified = VerifiedTokens(tokens)
         self.sessions = sessions
         self.cookies = cookies
         self.strict = strict
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        ctx = context_of(scope)
-        try:
-            await self.identify(scope, ctx)
-        except StoreUnavailable as exc:
-            log.warning("session store unavailable request_id=%s: %s", ctx.request_id, exc)
-            metrics.store_error("authn")
-            await send_error(
-                send, 503, "store_unavailable", "The session store is unavailable; try again."
-            )
-            return
-        if not ctx.set_cookies:
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_cookies(message) -> None:
-            # a websocket upgrade carries a re-issued cookie on its 101 (or on its refusal)
-            if message["type"] in ("http.response.start", "websocket.accept"):
-                extra = [(b"set-cookie", c.encode("latin-1")) for c in ctx.set_cookies]
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_cookies)
-
-    def _token(self, scope, ctx: RequestContext) -> tuple[str | None, str]:
+    def _token(self, headers: list[Header], ctx: RequestContext) -> tuple[str | None, str]:
         route = ctx.route
         if ctx.endpoint or (route is not None and route.bearer):
-            for key, value in scope["headers"]:
+            for key, value in headers:
                 if key == b"authorization" and value[:7].lower() == b"bearer ":
                     ctx.used_bearer = True
                     return value[7:].strip().decode("latin-1"), "bearer"
-        return self.cookies.read(scope["headers"]), "cookie"
+        return self.cookies.read(headers), "cookie"
 
-    async def identify(self, scope, ctx: RequestContext) -> None:
-        """Set ctx.identity (or ctx.auth_error) and any cookie the response must carry."""
-        token, source = self._token(scope, ctx)
+    async def identify(self, headers: list[Header], ctx: RequestContext) -> None:
+        """Set ctx.identity (or ctx.auth_error) and any cookie the response must carry.
+
+        Raises StoreUnavailable when the session must be asked and the store cannot answer.
+        """
+        token, source = self._token(headers, ctx)
         if not token:
             return
         expired = False
@@ -121,7 +91,7 @@ class Authenticate:
             self._refuse(ctx, "revoked", "cookie")
             return
         await self.sessions.touch(claims.sid)
-        token, fresh = self.tokens.mint_session(claims.sub, claims.roles, claims.sid)
+        token, fresh = self.tokens.mint_session(claims.sub, claims.roles, claims.sid, claims.amr)
         ctx.set_cookies.append(self.cookies.set(token))
         metrics.token_reissued()
         ctx.identity = _identity(fresh, "cookie")
@@ -133,4 +103,4 @@ class Authenticate:
 
 
 def _identity(claims: Claims, source: str) -> Identity:
-    return Identity(claims.sub, claims.roles, claims.sid, claims.exp, source)
+    return Identity(claims.sub, claims.roles, claims.sid, claims.exp, source, claims.amr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -116,6 +117,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
         write_key,
     )
 
+    if args.keys_command == "secret":
+        # 32 random bytes, URL-safe base64: 256 bits, and nothing a TOML string must escape
+        print(secrets.token_urlsafe(32))
+        return 0
     config = _load(args, require_upstream=False)
     if config.keys.algorithm == "HS256":
         raise Failure("HS256 uses keys.secret; rotate it by changing the secret")
@@ -233,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     keys_sub.add_parser("rotate", parents=[common])
     keys_sub.add_parser("list", parents=[common])
+    keys_sub.add_parser("secret", help="print a strong HS256 secret for keys.secret")
     retire = keys_sub.add_parser("retire", parents=[common])
     retire.add_argument("kid")
     keys.set_defaults(func=cmd_keys)

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.casefold import ascii_lower
+from gateway.secret_strength import weakness
+
 DEFAULT_CONFIG = "gateway.toml"
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -47,6 +50,9 @@ class ServerConfig:
     max_header_bytes: int = 32768
     max_headers: int = 100
     header_timeout: float = 10.0
+    # bounds on an upstream's response head, enforced by gateway/upstream_pool.py
+    max_response_header_bytes: int = 65536
+    max_response_headers: int = 100
 
 
 @dataclass(frozen=True)
@@ -370,7 +376,7 @@ def _route_path(value: object) -> str:
 
 
 def _host(value: object) -> str:
-    text = _string(value).lower()
+    text = ascii_lower(_string(value))
     if not re.match(r"^[a-z0-9.-]+(:\d+)?$", text):
         raise ValueError("is not a host name")
     return text
@@ -451,6 +457,8 @@ def build_config(
         max_header_bytes=r.get("max_header_bytes", 32768, _positive_int),
         max_headers=r.get("max_headers", 100, _positive_int),
         header_timeout=r.get("header_timeout", 10.0, _positive_duration),
+        max_response_header_bytes=r.get("max_response_header_bytes", 65536, _positive_int),
+        max_response_headers=r.get("max_response_headers", 100, _positive_int),
     )
     r.finish()
 
@@ -503,11 +511,12 @@ def build_config(
         secret=r.get("secret", "", _string),
     )
     r.finish()
-    if keys.algorithm == "HS256" and len(keys.secret.encode()) < 32:
+    weak = weakness(keys.secret) if keys.algorithm == "HS256" else None
+    if weak:
+        # a guessable secret lets anyone sign a token as any user, offline
         errors.append(
-            "keys.secret: HS256 needs a secret of at least 32 bytes "
-            f"(got {len(keys.secret.encode())}); set it from the environment, e.g. "
-            '"${GATEWAY_SECRET}"'
+            f"keys.secret: {weak}; make one with `gateway keys secret` and set it from the "
+            'environment, e.g. "${GATEWAY_SECRET}"'
         )
     if keys.algorithm != "HS256" and keys.secret:
         errors.append(f"keys.secret: only used with HS256, not {keys.algorithm!r}; remove it")
@@ -632,7 +641,7 @@ def _routes(
         if name in seen_names:
             errors.append(f"{path}.name: {name!r} is already used by routes[{seen_names[name]}]")
         seen_names[name] = index
-        place = (route.host, route.path if route.case_sensitive else route.path.lower())
+        place = (route.host, route.path if route.case_sensitive else ascii_lower(route.path))
         if place in seen_places:
             errors.append(
                 f"{path}.path: {route.path!r} is already routed by routes[{seen_places[place]}]"
@@ -648,7 +657,7 @@ def _routes(
 
 
 def _under(path: str, prefix: str) -> bool:
-    p, q = path.lower(), prefix.lower()
+    p, q = ascii_lower(path), ascii_lower(prefix)
     return p == q or p.startswith(q + "/")
 
 

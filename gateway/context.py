@@ -19,6 +19,7 @@ class Identity:
     sid: str
     exp: float
     source: str  # "cookie" | "bearer"
+    amr: tuple[str, ...] = ()  # how the session signed in: ("pwd",), later ("pwd", "otp")
 
 
 @dataclass

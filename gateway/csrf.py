@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from gateway.context import context_of
-from gateway.errors import send_error
-
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
@@ -41,31 +38,3 @@ def cross_site(headers: Iterable[tuple[bytes, bytes]], allowed: frozenset[str]) 
     if referer is not None:
         return origin_of(referer) not in allowed
     return False
-
-
-def refused(scope: dict, allowed: frozenset[str]) -> bool:
-    """The CSRF rule for one proxied request, after authentication."""
-    ctx = context_of(scope)
-    identity = ctx.identity
-    if identity is None or identity.source != "cookie":
-        return False
-    # browsers send cookies on cross-site websocket upgrades (a GET): judge those by Origin
-    if scope["type"] == "http" and scope.get("method", "GET") in SAFE_METHODS:
-        return False
-    return cross_site(scope["headers"], allowed)
-
-
-class RefuseCrossSite:
-    """Pure ASGI: 403 for a cross-site unsafe request carrying our cookie, before the upstream."""
-
-    def __init__(self, app, *, allowed: frozenset[str]) -> None:
-        self.app = app
-        self.allowed = allowed
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] in ("http", "websocket") and refused(scope, self.allowed):
-            await send_error(
-                send, 403, "cross_site", "Cross-site requests with the session cookie are refused."
-            )
-            return
-        await self.app(scope, receive, send)

@@ -15,12 +15,11 @@ from starlette.routing import Router as StarletteRouter
 
 from gateway import metrics
 from gateway.context import context_of
-from gateway.csrf import SAFE_METHODS, allowed_origins, cross_site
-from gateway.errors import SECURITY_HEADERS
+from gateway.core.decide import Core
+from gateway.core.responses import SECURITY_HEADERS, render
+from gateway.csrf import cross_site
 from gateway.pages import render_login, stylesheet
-from gateway.policy import Outcome, decide, login_location
 from gateway.redirects import safe_next
-from gateway.routing import Refusal, Router, normalize_path
 from gateway.runtime import Runtime
 from gateway.store.base import StoreUnavailable
 from gateway.users.base import encodable
@@ -67,13 +66,13 @@ async def _read_body(request: Request) -> bytes:
 class Endpoints:
     """A Starlette Router for the endpoints, reading identity from the request context."""
 
-    def __init__(self, rt: Runtime, router: Router) -> None:
+    def __init__(self, rt: Runtime, core: Core) -> None:
         self.rt = rt
-        self.routes = router
+        self.core = core
         config = rt.config
         self.prefix = config.auth.prefix
         self.public_url = config.server.public_url
-        self.allowed = allowed_origins(self.public_url, config.server.allowed_origins)
+        self.allowed = core.allowed_origins
         self.site = urlsplit(self.public_url).netloc
         base = config.cookie_name
         self.csrf_cookie = base + "_csrf"
@@ -226,7 +225,13 @@ class Endpoints:
         headers = dict(_HEADERS)
         if as_json:
             response: Response = JSONResponse(
-                {"sub": user.id, "roles": list(user.roles), "exp": claims.exp, "sid": claims.sid},
+                {
+                    "sub": user.id,
+                    "roles": list(user.roles),
+                    "exp": claims.exp,
+                    "sid": claims.sid,
+                    "amr": list(claims.amr),
+                },
                 headers=headers,
             )
         else:
@@ -289,6 +294,7 @@ class Endpoints:
                 "roles": list(identity.roles),
                 "exp": int(identity.exp),
                 "sid": identity.sid,
+                "amr": list(identity.amr),
             },
             headers=_HEADERS,
         )
@@ -296,7 +302,7 @@ class Endpoints:
     # -- forward auth ----------------------------------------------------------------
 
     async def verify(self, request: Request) -> Response:
-        """Forward-auth for nginx, Traefik and Caddy: the route policy for the forwarded request.
+        """Forward-auth for nginx, Traefik and Caddy: the core's verdict on the forwarded request.
 
         200 with the identity headers, 401 (302 to the login page for a browser behind
         Traefik or Caddy; nginx cannot pass a redirect, it gets 401 with a Location) or 403.
@@ -312,49 +318,19 @@ class Endpoints:
             return json_error(403, "bad_request", "Conflicting X-Forwarded-Uri and X-Original-URI.")
         uri = targets.pop() if targets else "/"
         host = headers.get("x-forwarded-host") or headers.get("host") or ""
-        raw_path = uri.partition("?")[0]
-        path = normalize_path(raw_path.encode("latin-1", "replace"))
-        if isinstance(path, Refusal):
-            return json_error(403, "bad_request", f"Refused: {path.detail}.")
-        route = self.routes.match(host.lower() or None, path)
-        if route is None:
-            return json_error(403, "not_found", "No route matches this path.")
-        identity = context_of(request.scope).identity
-        # the same cross-site rule the proxy applies (gateway.csrf): the front proxy forwards
-        # the client's Origin/Referer into the check
-        if (
-            identity is not None
-            and identity.source == "cookie"
-            and method not in SAFE_METHODS
-            and cross_site(request.scope["headers"], self.allowed)
-        ):
-            return json_error(
-                403, "cross_site", "Cross-site requests with the session cookie are refused."
-            )
-        decision = decide(identity, route, method)
-        if decision.outcome is Outcome.ALLOW:
-            response = Response(status_code=200, headers=_HEADERS)
-            if identity is not None:
-                out = {route.identity.user_header: identity.sub}
-                if route.identity.roles_header:
-                    out[route.identity.roles_header] = ",".join(identity.roles)
-                if route.identity.assertion_header:
-                    out[route.identity.assertion_header] = self.rt.tokens.mint_assertion(
-                        identity.sub, identity.roles, route.name, method, path
-                    )
-                # UTF-8 as the proxy sends them (a SQL user id need not be Latin-1)
-                response.raw_headers.extend(
-                    (name.lower().encode("ascii"), value.encode("utf-8"))
-                    for name, value in out.items()
-                )
+        decision = await self.core.decide_forwarded(
+            context_of(request.scope), method, uri, host, request.scope["headers"]
+        )
+        if decision.refusal is not None:
+            status, raw, body = render(decision.refusal, self.prefix)
+            response = Response(body, status)
+            response.raw_headers = raw
             return response
-        if decision.outcome is Outcome.LOGIN:
-            location = login_location(self.public_url, self.prefix, safe_next(uri))
-            browser = method in ("GET", "HEAD") and "text/html" in headers.get("accept", "")
-            if browser and "x-original-uri" not in headers:
-                return Response(status_code=302, headers={**_HEADERS, "location": location})
-            return json_error(401, "unauthenticated", "Sign in first.", {"location": location})
-        return json_error(403, "forbidden", "You do not have access to this page.")
+        ctx = decision.ctx
+        assert ctx is not None
+        response = Response(status_code=200, headers=_HEADERS)
+        response.raw_headers.extend(self.rt.nexthop.verdict_headers(ctx, method))
+        return response
 
     # -- keys and health -------------------------------------------------------------
 

@@ -265,17 +265,31 @@ def sets_our_cookie(set_cookie: bytes, ours: frozenset[bytes]) -> bool:
     return set_cookie.split(b"=", 1)[0].strip().lower() in {n.lower() for n in ours}
 
 
-def response_headers(raw: Iterable[Header], ours: frozenset[bytes]) -> list[Header]:
-    """Upstream response headers to pass back: no hop-by-hop, no Set-Cookie for our cookie."""
+def response_headers(
+    raw: Iterable[Header], ours: frozenset[bytes], *, bodiless: bool = False
+) -> list[Header]:
+    """Upstream headers for the client: no hop-by-hop or Connection-named one, no Set-Cookie
+    for our cookie, and no Content-Length on a `bodiless` (204, 304) response."""
     out: list[Header] = []
+    named: set[bytes] | None = None
     for key, value in raw:
         name = key.lower()
         if name in RESPONSE_HOP_BY_HOP:
+            if name == b"connection" and value.lower() not in PLAIN_CONNECTION:
+                tokens = {t.strip() for t in value.lower().split(b",")}
+                named = tokens if named is None else named | tokens
             continue
         # an upstream must not set, replace or clear the gateway's session
         if name == b"set-cookie" and sets_our_cookie(value, ours):
             continue
+        # a 204 must not carry one (RFC 9110 8.6), and uvicorn raises mid-response when the
+        # body a 304's Content-Length announces never comes
+        if bodiless and name == b"content-length":
+            continue
         out.append((name, value))
+    if named is not None:
+        # headers the upstream names in Connection are for this hop alone (RFC 9110 7.6.1)
+        out = [(name, value) for name, value in out if name not in named]
     return out
 
 
@@ -292,3 +306,5 @@ RESPONSE_HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+# the Connection values nearly every upstream sends: they name no other header
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})

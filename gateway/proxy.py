@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
 from gateway import metrics
 from gateway.config import Config, Route
-from gateway.context import RequestContext, context_of
-from gateway.errors import send_error
-from gateway.headers import Header, UpstreamHeaders, cookie_names, response_headers
+from gateway.context import context_of
+from gateway.core.nexthop import NextHop
+from gateway.core.responses import send_error
+from gateway.headers import Header, cookie_names, response_headers
 from gateway.routing import encode_path, strip_route_prefix
-from gateway.tokens import Tokens
 from gateway.upstream_pool import UpstreamPool
 
 log = logging.getLogger("gateway.proxy")
@@ -22,9 +22,14 @@ log = logging.getLogger("gateway.proxy")
 def build_clients(config: Config) -> dict[str, UpstreamPool]:
     """One keep-alive connection pool per distinct upstream origin (never a proxy from the env)."""
     clients: dict[str, UpstreamPool] = {}
+    server = config.server
     for route in config.routes:
         if route.upstream not in clients:
-            clients[route.upstream] = UpstreamPool(route.upstream)
+            clients[route.upstream] = UpstreamPool(
+                route.upstream,
+                max_header_bytes=server.max_response_header_bytes,
+                max_headers=server.max_response_headers,
+            )
     return clients
 
 
@@ -55,12 +60,13 @@ class ClientGone(Exception):
 class Forward:
     """Pure ASGI: send the request to the route's upstream and stream the answer back."""
 
-    def __init__(self, config: Config, clients: Mapping[str, UpstreamPool], tokens: Tokens) -> None:
+    def __init__(
+        self, config: Config, clients: Mapping[str, UpstreamPool], nexthop: NextHop
+    ) -> None:
         self.config = config
         self.clients = clients
-        self.tokens = tokens
+        self.nexthop = nexthop
         self.ours = cookie_names(config)
-        self.headers = {route.name: UpstreamHeaders(config, route) for route in config.routes}
         # the upstream URL's own path, percent-encoded once: the forwarded path goes below it
         self.base_path = {
             route.name: httpx.URL(route.upstream).raw_path.split(b"?", 1)[0].rstrip(b"/")
@@ -99,7 +105,9 @@ class Forward:
                 {
                     "type": "http.response.start",
                     "status": response.status_code,
-                    "headers": response_headers(response.headers, self.ours),
+                    "headers": response_headers(
+                        response.headers, self.ours, bodiless=response.status_code in (204, 304)
+                    ),
                 }
             )
             ended = False
@@ -127,32 +135,13 @@ class Forward:
         target = self.base_path[route.name] + encode_path(forwarded)
         return target + b"?" + query if query else target
 
-    def upstream_headers(
-        self, ctx: RequestContext, route: Route, client_headers: Iterable[Header], method: str
-    ) -> list[Header]:
-        """What the upstream receives (headers.py), with an assertion minted for this request."""
-        identity = ctx.identity
-        assertion = None
-        if identity is not None and route.identity.assertion_header:
-            assertion = self.tokens.mint_assertion(
-                identity.sub, identity.roles, route.name, method, ctx.path
-            )
-        return self.headers[route.name].build(
-            client_headers,
-            ctx.view,
-            ctx.request_id,
-            strip_authorization=ctx.used_bearer,
-            identity=(identity.sub, identity.roles) if identity is not None else None,
-            assertion=assertion,
-        )
-
     def _request(
         self, scope, receive, route: Route, method: str
     ) -> tuple[bytes, list[Header], _RequestBody | None, int | None]:
         """Request target, headers, body (None when empty) and Content-Length for the upstream."""
         ctx = context_of(scope)
         target = self.upstream_target(route, ctx.path, scope.get("query_string", b""))
-        headers = self.upstream_headers(ctx, route, scope["headers"], method)
+        headers = self.nexthop.upstream_headers(ctx, scope["headers"], method)
         length = _content_length(scope["headers"])
         content = None
         if length is not None:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from gateway.casefold import ascii_lower
 from gateway.config import Route
 
 # characters left as they are when the normalized path is encoded again for the upstream
@@ -18,16 +19,16 @@ _REFUSED_ESCAPES = {b"2f", b"5c", b"3f", b"23", b"00"}
 
 
 @dataclass(frozen=True)
-class Refusal:
+class BadPath:
     """Why a request target is refused with 400."""
 
     detail: str
 
 
-def normalize_path(raw_path: bytes) -> str | Refusal:
+def normalize_path(raw_path: bytes) -> str | BadPath:
     """Decode a raw request path and resolve dot-segments and repeated slashes, or refuse it."""
     if not raw_path.startswith(b"/"):
-        return Refusal("the path must start with /")
+        return BadPath("the path must start with /")
     out = bytearray()
     i, n = 0, len(raw_path)
     while i < n:
@@ -35,33 +36,65 @@ def normalize_path(raw_path: bytes) -> str | Refusal:
         if byte == 0x25:  # %
             pair = raw_path[i + 1 : i + 3]
             if len(pair) != 2 or pair[0] not in _HEX or pair[1] not in _HEX:
-                return Refusal("invalid percent-encoding in the path")
+                return BadPath("invalid percent-encoding in the path")
             if pair.lower() in _REFUSED_ESCAPES:
-                return Refusal("encoded /, \\, ?, # or NUL in the path")
+                return BadPath("encoded /, \\, ?, # or NUL in the path")
             value = int(pair, 16)
             if value < 0x20 or value == 0x7F:
-                return Refusal("control character in the path")
+                return BadPath("control character in the path")
             if value == 0x25 and raw_path[i + 3 : i + 5].strip(_HEX) == b"" and i + 5 <= n:
-                return Refusal("double percent-encoding in the path")
+                return BadPath("double percent-encoding in the path")
             out.append(value)
             i += 3
             continue
         if byte < 0x21 or byte >= 0x7F:
-            return Refusal("control character, space or non-ASCII byte in the path")
+            return BadPath("control character, space or non-ASCII byte in the path")
         if byte == 0x5C:  # \
-            return Refusal("backslash in the path")
+            return BadPath("backslash in the path")
         out.append(byte)
         i += 1
     try:
         decoded = out.decode("utf-8")
     except UnicodeDecodeError:
-        return Refusal("the path is not valid UTF-8")
+        return BadPath("the path is not valid UTF-8")
     if "\\" in decoded:
-        return Refusal("backslash in the path")
+        return BadPath("backslash in the path")
     return _resolve_segments(decoded)
 
 
-def _resolve_segments(path: str) -> str | Refusal:
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def normalize_forwarded_uri(uri: str) -> str | BadPath:
+    """The path of a URI a front proxy names for forward-auth, or BadPath unless it is canonical.
+
+    The proxy hands the app its own raw copy of the URI, not the path we judge: nginx passes a raw
+    `#` (and routes on the part before it), and apps differ on dot segments, `//` and encoded
+    letters. So the URI is judged only when every reading of it names the same path.
+    """
+    if any(not 0x21 <= ord(ch) <= 0x7E for ch in uri):
+        return BadPath("space, control character or non-ASCII byte in the forwarded URI")
+    if "#" in uri:
+        # nginx routes on the part before a raw `#` but passes all of it to the app
+        return BadPath("# in the forwarded URI")
+    raw_path = uri.partition("?")[0].encode("ascii")
+    path = normalize_path(raw_path)
+    if isinstance(path, BadPath):
+        return path
+    segments = raw_path.split(b"/")[1:]
+    for index, segment in enumerate(segments):
+        if segment == b"" and index < len(segments) - 1:
+            return BadPath("an empty segment (//) in the forwarded URI")
+        if segment.split(b";", 1)[0] in (b".", b".."):
+            return BadPath("a dot segment in the forwarded URI")
+    for i in range(len(raw_path) - 2):
+        # an app that does not decode `%61dmin` (or `%2e%2e`) reads another path than we do
+        if raw_path[i] == 0x25 and int(raw_path[i + 1 : i + 3], 16) in _UNRESERVED:
+            return BadPath("a percent-encoded letter, digit or -._~ in the forwarded URI")
+    return path
+
+
+def _resolve_segments(path: str) -> str | BadPath:
     trailing = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
     stack: list[str] = []
     for segment in path.split("/"):
@@ -73,7 +106,7 @@ def _resolve_segments(path: str) -> str | Refusal:
             continue
         # Tomcat and other servlet stacks read `..;x` as `..`: a dot segment in disguise
         if segment.split(";", 1)[0] in (".", ".."):
-            return Refusal("dot segment with ; parameters in the path")
+            return BadPath("dot segment with ; parameters in the path")
         stack.append(segment)
     result = "/" + "/".join(stack)
     if trailing and stack:
@@ -99,7 +132,7 @@ def match_key(path: str) -> str:
 def under_prefix(path: str, prefix: str, case_sensitive: bool = False) -> bool:
     """True when `path` is `prefix` or below it on a segment boundary."""
     if not case_sensitive:
-        path, prefix = path.lower(), prefix.lower()
+        path, prefix = ascii_lower(path), ascii_lower(prefix)
     if prefix == "/":
         return True
     return path == prefix or path.startswith(prefix + "/")
@@ -128,17 +161,18 @@ class Router:
             if route.case_sensitive:
                 self._exact[(route.host, route.path)] = route
             else:
-                self._folded[(route.host, route.path.lower())] = route
+                self._folded[(route.host, ascii_lower(route.path))] = route
         self._hosts = {route.host for route in self.routes if route.host}
 
     def match(self, host: str | None, path: str) -> Route | None:
         """The route for this host and normalized path, or None (404)."""
         key = match_key(path)
-        folded = key.lower()
+        # ASCII only: the folded key keeps the key's length, so one index serves both
+        folded = ascii_lower(key)
         candidates: list[str | None] = []
         if host:
             # `crm.example.com.` (fully qualified) is the same host: it must not skip its route
-            host = host.lower()
+            host = ascii_lower(host)
             bare = _HOST_PORT.sub("", host).rstrip(".")
             candidates = [h for h in dict.fromkeys((host, bare)) if h in self._hosts]
         candidates.append(None)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from gateway.config import Config
 from gateway.cookies import CookieJar
+from gateway.core.nexthop import NextHop
 from gateway.limits import LoginLimiter
 from gateway.sessions import Sessions
 from gateway.store.base import Store
@@ -16,7 +17,8 @@ from gateway.users.base import UserBackend
 
 @dataclass
 class Runtime:
-    """Config plus the objects built from it: keys, tokens, store, sessions, users, limits."""
+    """Config plus the objects built from it: keys, tokens, store, sessions, users, limits and
+    the next-hop headers."""
 
     config: Config
     clock: Callable[[], float]
@@ -27,3 +29,4 @@ class Runtime:
     users: UserBackend
     cookies: CookieJar
     limiter: LoginLimiter
+    nexthop: NextHop

@@ -80,7 +80,3 @@ class Sessions:
         """Revoke every session of a user (log out everywhere)."""
         self._good_until.clear()
         return await self.store.revoke_user_sessions(user)
-
-    async def list(self, user: str) -> list[Session]:
-        """The user's sessions that have not expired."""
-        return await self.store.list_sessions(user, self.clock())

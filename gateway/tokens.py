@@ -55,6 +55,8 @@ class Claims:
     iat: float
     exp: float
     kid: str
+    # how the user signed in (RFC 8176 method names): ("pwd",) for a password
+    amr: tuple[str, ...] = ()
 
 
 class Keyring:
@@ -108,11 +110,6 @@ class Keyring:
         if self.algorithm != "HS256" and self._clock() - self._last_load >= _RELOAD_EVERY:
             self.reload()
 
-    @property
-    def kids(self) -> list[str]:
-        """Key ids, oldest first."""
-        return list(self._keys)
-
     def jwks(self) -> dict[str, Any]:
         """The public keys as a JWK Set (empty for HS256: a shared secret is never published)."""
         if self.algorithm == "HS256":
@@ -146,8 +143,10 @@ class Tokens:
         self.clock = clock
         self._last_signer: _CompactSigner | None = None
 
-    def mint_session(self, sub: str, roles: tuple[str, ...], sid: str) -> tuple[str, Claims]:
-        """A signed session token for this user and session."""
+    def mint_session(
+        self, sub: str, roles: tuple[str, ...], sid: str, amr: tuple[str, ...] = ("pwd",)
+    ) -> tuple[str, Claims]:
+        """A signed session token for this user and session, saying how they signed in."""
         now = int(self.clock())
         exp = now + int(self.access_ttl)
         jti = secrets.token_urlsafe(16)
@@ -161,13 +160,20 @@ class Tokens:
             "iat": now,
             "nbf": now,
             "exp": exp,
+            "amr": list(amr),
         }
         key = self.keyring.signing_key()
         token = jwt.encode(payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid})
-        return token, Claims(sub, tuple(roles), sid, jti, now, exp, key.kid)
+        return token, Claims(sub, tuple(roles), sid, jti, now, exp, key.kid, tuple(amr))
 
     def mint_assertion(
-        self, sub: str, roles: tuple[str, ...], route: str, method: str, path: str
+        self,
+        sub: str,
+        roles: tuple[str, ...],
+        route: str,
+        method: str,
+        path: str,
+        amr: tuple[str, ...] = (),
     ) -> str:
         """A 60-second token telling one upstream (aud = route name) who is calling."""
         now = int(self.clock())
@@ -178,6 +184,7 @@ class Tokens:
             "roles": list(roles),
             "method": method,
             "path": path,
+            "amr": list(amr),
             "jti": secrets.token_urlsafe(12),
             "iat": now,
             "nbf": now,
@@ -259,18 +266,25 @@ def _string(value: object) -> str:
     return value
 
 
-def _session_claims(payload: dict[str, Any], kid: str) -> Claims:
-    roles = payload["roles"]
-    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+def _strings(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise TokenError("claim type")
+    return tuple(value)
+
+
+def _session_claims(payload: dict[str, Any], kid: str) -> Claims:
+    roles = _strings(payload["roles"])
+    # tokens minted before `amr` existed carry none: they count as no factor at all
+    amr = _strings(payload.get("amr", []))
     return Claims(
         sub=_string(payload["sub"]),
-        roles=tuple(roles),
+        roles=roles,
         sid=_string(payload["sid"]),
         jti=_string(payload["jti"]),
         iat=_number(payload["iat"]),
         exp=_number(payload["exp"]),
         kid=kid,
+        amr=amr,
     )
 
 

@@ -25,13 +25,25 @@ _READ_HIGH = 256 * 1024
 _READ_LOW = 64 * 1024
 # request bytes buffered in the transport before the client's body is read again
 _WRITE_HIGH = 256 * 1024
+# RFC 9110 9.2.1 safe methods: the only ones sent again after a reused connection failed.
+# PUT and DELETE are idempotent by the RFC, but a legacy app behind us may not honour that
+# (the review saw a DELETE performed twice), so they are not retried either.
+_RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop llhttp at once; the reason is in `error`."""
 
 
 class _Connection(asyncio.Protocol):
     """One upstream connection; parses one response at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, max_header_bytes: int, max_headers: int
+    ) -> None:
         self.loop = loop
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -45,6 +57,9 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.status = 0
         self.headers: list[Header] = []
+        self.header_bytes = 0  # names and values of this head, as the request side counts
+        self.head_received = 0  # bytes read while no final head had ended (1xx heads too)
+        self.idle_bytes = 0  # bytes read since the last body byte (chunk framing, trailers)
         self.headers_done = False
         self.keep_alive = False
         self.complete = False
@@ -70,13 +85,25 @@ class _Connection(asyncio.Protocol):
             self.error = httpx.RemoteProtocolError("unexpected data from the upstream")
             self._close()
             return
+        in_body, buffered = self.headers_done, self.buffered
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.complete = True
-        except httptools.HttpParserError as exc:
-            self.error = httpx.RemoteProtocolError(f"invalid response: {exc}")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # (an upgrade pause comes only after a 101, which on_headers_complete refuses)
+            if self.error is None:
+                self.error = httpx.RemoteProtocolError(f"invalid response: {exc}")
             self._close()
+        else:
+            if not self.headers_done:
+                # httptools joins a header's pieces until it ends: bound it before on_header
+                self.head_received += len(data)
+                if self.head_received > self.max_header_bytes:
+                    self._fail("the response head is too large")
+            elif in_body and not self.complete:
+                # bytes that bring no body (a trailer growing in httptools): bounded the same
+                self.idle_bytes = self.idle_bytes + len(data) if self.buffered == buffered else 0
+                if self.idle_bytes > self.max_header_bytes:
+                    self._fail("the response trailers are too large")
         self._wake()
 
     def eof_received(self) -> bool:
@@ -102,14 +129,35 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # a second response in the same read (an upstream answering twice, or a body longer
+            # than its Content-Length): never merged into this one, never left for the next user
+            # (bare CR/LF after a message llhttp skips as blank lines: they start nothing)
+            self._refuse("bytes after the end of the response")
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.headers_done:
+            # chunked trailers arrive after the head: never headers, as on the request side
+            return
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.max_header_bytes:
+            self._refuse("the response head is too large")
+        if len(self.headers) >= self.max_headers:
+            self._refuse("the response has too many headers")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            # an interim answer (103 Early Hints): the real one follows
+        if status == 101:
+            # the pool never asks for an upgrade (websocket.py has its own client): a 101 here
+            # would hand the client a raw socket and pool a connection in another protocol
+            self._refuse("101 Switching Protocols to a request that asked for no upgrade")
+        if 100 <= status < 200:
+            # an interim answer (103 Early Hints): the real one follows; a 1xx has no body
+            # (RFC 9110 15.2), so llhttp parses what follows as the next head, never as body
             self.headers = []
+            self.header_bytes = 0
             self._informational = True
             return
         self.status = status
@@ -153,6 +201,15 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def _refuse(self, reason: str) -> None:
+        """From a parser callback: record the protocol error and stop llhttp here."""
+        self.error = httpx.RemoteProtocolError(reason)
+        raise _Refused(reason)
+
+    def _fail(self, reason: str) -> None:
+        self.error = httpx.RemoteProtocolError(reason)
+        self._close()
 
     async def wait(self, timeout: float, kind: type[httpx.TimeoutException]) -> None:
         """Wait for more from the upstream (bytes, end or error), at most `timeout` seconds."""
@@ -238,7 +295,14 @@ class UpstreamPool:
     """Keep-alive connections to one upstream origin, shared by all routes that name it."""
 
     def __init__(
-        self, url: str, *, max_connections: int = 512, max_idle: int = 256, verify: bool = True
+        self,
+        url: str,
+        *,
+        max_header_bytes: int,
+        max_headers: int,
+        max_connections: int = 512,
+        max_idle: int = 256,
+        verify: bool = True,
     ) -> None:
         parts = urlsplit(url)
         self.tls = parts.scheme == "https"
@@ -254,16 +318,19 @@ class UpstreamPool:
                 self.ssl.check_hostname = False
                 self.ssl.verify_mode = ssl.CERT_NONE
         self.max_idle = max_idle
+        # bounds on a response head, from [server] max_response_header_bytes / _headers
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: collections.deque[_Connection] = collections.deque()
         self._closed = False
 
-    async def _connect(self, timeout: float) -> _Connection:
+    async def _connect(self, deadline: float) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(loop),
+                    lambda: _Connection(loop, self.max_header_bytes, self.max_headers),
                     self.host,
                     self.port,
                     ssl=self.ssl,
@@ -310,8 +377,10 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send one request and return once the response headers are in (body streamed later).
 
-        `body` with `content_length` None is sent chunked. Raises httpx.TimeoutException
-        subclasses on timeouts and other httpx.TransportError subclasses on failures.
+        `body` with `content_length` None is sent chunked. `timeout` bounds connect plus the
+        wait for the response head in total (time spent sending the body excluded), and each
+        write and each body read alone. Raises httpx.TimeoutException subclasses on timeouts
+        and other httpx.TransportError subclasses on failures.
         """
         if self._slots.locked():
             try:
@@ -322,18 +391,23 @@ class UpstreamPool:
         else:
             await self._slots.acquire()
         try:
+            # a trickling upstream must not hold a request forever under the per-read limit
+            deadline = asyncio.get_running_loop().time() + timeout
             head = self._head(method, target, headers, body, content_length)
             conn = self._pop_idle()
             if conn is not None:
                 try:
-                    return await self._exchange(conn, method, head, body, content_length, timeout)
+                    return await self._exchange(
+                        conn, method, head, body, content_length, timeout, deadline
+                    )
                 except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
-                    # a kept-alive connection the upstream closed as we reused it: one retry
-                    # on a new connection, only when nothing of the exchange can have happened
-                    if conn.received_any or body is not None:
+                    # a kept-alive connection the upstream closed as we reused it: whether it
+                    # read the request first cannot be known, so only a safe method with no
+                    # body, and nothing received, is sent again (a POST must not run twice)
+                    if method not in _RETRYABLE or conn.received_any or body is not None:
                         raise
-            conn = await self._connect(timeout)
-            return await self._exchange(conn, method, head, body, content_length, timeout)
+            conn = await self._connect(deadline)
+            return await self._exchange(conn, method, head, body, content_length, timeout, deadline)
         except BaseException:
             self._slots.release()
             raise
@@ -367,7 +441,9 @@ class UpstreamPool:
         body: AsyncIterator[bytes] | None,
         content_length: int | None,
         timeout: float,
+        deadline: float,
     ) -> UpstreamResponse:
+        loop = conn.loop
         try:
             conn.in_use = True
             conn.head_only = method == "HEAD"
@@ -375,6 +451,8 @@ class UpstreamPool:
             assert transport is not None
             transport.write(head)
             if body is not None:
+                # the client's upload pace is not the upstream's delay: the deadline waits for it
+                started = loop.time()
                 chunked = content_length is None
                 async for piece in body:
                     if conn.closed or conn.error is not None:
@@ -388,12 +466,19 @@ class UpstreamPool:
                     await conn.drain(timeout)
                 if chunked and not conn.closed:
                     transport.write(b"0\r\n\r\n")
+                deadline += loop.time() - started
             while not conn.headers_done:
                 if conn.error is not None:
                     raise conn.error
                 if conn.closed:
                     raise httpx.RemoteProtocolError("the upstream closed without answering")
-                await conn.wait(timeout, httpx.ReadTimeout)
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise httpx.ReadTimeout("the upstream did not answer in time")
+                await conn.wait(left, httpx.ReadTimeout)
+            if conn.error is not None:
+                # the head came with more than one response (or a broken one): 502, not a guess
+                raise conn.error
         except BaseException:
             conn._close()
             raise

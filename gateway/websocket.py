@@ -1,9 +1,9 @@
 """WebSocket upgrades: refused as plain HTTP before any upgrade, or proxied both ways.
 
-The upgrade runs through the same ingress -> authenticate -> policy chain as any request.
-Those steps answer with `send_error`; `RefuseBeforeUpgrade` turns that answer into the ASGI
-"websocket.http.response" extension, so a refused upgrade is an ordinary 401/403 response and
-never a 101. An allowed one reaches `ProxyWebSocket`, which opens the upstream connection
+The upgrade gets the same decision as any request (gateway.core), and every HTTP answer before
+the accept goes out through the ASGI "websocket.http.response" extension
+(gateway.core.pipeline.websocket_denial), so a refused upgrade is an ordinary 401/403 response
+and never a 101. An allowed one reaches `ProxyWebSocket`, which opens the upstream connection
 first and accepts the client only once the upstream has accepted.
 """
 
@@ -20,13 +20,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from gateway import metrics
 from gateway.config import Route
 from gateway.context import RequestContext, context_of
-from gateway.errors import send_error
+from gateway.core.responses import send_error
 from gateway.proxy import Forward
 
 log = logging.getLogger("gateway.websocket")
 
 Send = Callable[[dict], Awaitable[None]]
-EXTENSION = "websocket.http.response"
 # the handshake is the websocket client's own business: the client's copies never pass
 HANDSHAKE_HEADERS = frozenset(
     {
@@ -56,39 +55,6 @@ def sendable_close_code(code: int | None, *, upstream_side: bool) -> int:
     return NORMAL
 
 
-def websocket_denial(scope: dict, send: Send) -> Send:
-    """A `send` that turns an HTTP response into a refusal of the websocket handshake."""
-    extension = EXTENSION in (scope.get("extensions") or {})
-
-    async def deny(message: dict) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            if extension:
-                await send({**message, "type": "websocket.http.response.start"})
-            else:
-                # a server without the extension answers a close before accept with 403
-                await send({"type": "websocket.close", "code": 1008})
-        elif kind == "http.response.body":
-            if extension:
-                await send({**message, "type": "websocket.http.response.body"})
-        else:
-            await send(message)
-
-    return deny
-
-
-class RefuseBeforeUpgrade:
-    """Pure ASGI: for websocket scopes, every HTTP answer of the inner steps refuses the upgrade."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "websocket":
-            send = websocket_denial(scope, send)
-        await self.app(scope, receive, send)
-
-
 def upstream_uri(upstream: str, target: bytes) -> str:
     """The ws:// or wss:// address for a request target on the route's upstream."""
     parts = urlsplit(upstream)
@@ -110,12 +76,7 @@ class ProxyWebSocket:
             return
         ctx = context_of(scope)
         route = ctx.route
-        assert route is not None  # ingress answers 404 before this
-        if not route.websocket:
-            await send_error(
-                send, 403, "websocket_refused", "This route does not accept WebSocket upgrades."
-            )
-            return
+        assert route is not None  # the core answered 404 before this
         message = await receive()
         if message["type"] != "websocket.connect":
             return
@@ -136,7 +97,7 @@ class ProxyWebSocket:
     ) -> ClientConnection | None:
         """Connect to the upstream with our headers, or refuse the client with 502/504."""
         client_headers = [(k, v) for k, v in scope["headers"] if k not in HANDSHAKE_HEADERS]
-        headers = self.forward.upstream_headers(ctx, route, client_headers, "GET")
+        headers = self.forward.nexthop.upstream_headers(ctx, client_headers, "GET")
         target = self.forward.upstream_target(route, ctx.path, scope.get("query_string", b""))
         uri = upstream_uri(route.upstream, target)
         extra: dict = {}

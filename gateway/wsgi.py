@@ -60,10 +60,11 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
-from gateway.app import build_chain, build_runtime
+from gateway.app import build_pipeline, build_runtime
 from gateway.config import Config
 from gateway.context import RequestContext, context_of
-from gateway.embedded import AppHeaders, middleware_config
+from gateway.core.nexthop import NextHop
+from gateway.embedded import middleware_config
 from gateway.headers import drop_cookie
 from gateway.keys import ensure_key
 from gateway.routing import Router, encode_path
@@ -83,12 +84,12 @@ _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 class _Handoff:
     """The last step, on the loop: note that the policy allowed the request, and what to add."""
 
-    def __init__(self, headers: AppHeaders) -> None:
-        self.headers = headers
+    def __init__(self, nexthop: NextHop) -> None:
+        self.nexthop = nexthop
 
     async def __call__(self, scope, receive, send) -> None:
         ctx = context_of(scope)
-        scope[_ALLOWED].append((ctx, self.headers.added(ctx, scope["method"])))
+        scope[_ALLOWED].append((ctx, self.nexthop.identity_headers(ctx, scope["method"])))
 
 
 class _Core:
@@ -96,8 +97,8 @@ class _Core:
 
     def __init__(self, config: Config) -> None:
         self.runtime: Runtime = build_runtime(config)
-        self.headers = AppHeaders(config, self.runtime.tokens)
-        self.chain = build_chain(self.runtime, Router(config.routes), _Handoff(self.headers))
+        self.nexthop = self.runtime.nexthop
+        self.chain = build_pipeline(self.runtime, Router(config.routes), _Handoff(self.nexthop))
 
     async def aclose(self) -> None:
         await self.runtime.store.close()
@@ -284,7 +285,7 @@ class GatewayMiddleware:
         if body.touched:
             raise RuntimeError("a step before the app read the request body")
         ctx, added = allowed[0]
-        return self._call_app(environ, start_response, ctx, added, core.headers)
+        return self._call_app(environ, start_response, ctx, added, core.nexthop)
 
     def _call_app(
         self,
@@ -292,7 +293,7 @@ class GatewayMiddleware:
         start_response: StartResponse,
         ctx: RequestContext,
         added: list[tuple[bytes, bytes]],
-        headers: AppHeaders,
+        headers: NextHop,
     ) -> Iterable[bytes]:
         route = ctx.route
         assert route is not None

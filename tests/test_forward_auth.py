@@ -468,6 +468,27 @@ def test_the_gateway_judges_the_path_the_proxy_forwards(front: Front, target: st
     assert front.reached(m) is None
 
 
+def test_the_gateways_bearer_token_never_reaches_the_app_but_the_apps_own_authorization_does(
+    front: Front,
+):
+    token = front.signed_in("alice").cookies.get("gw_session")
+    m = marker()
+    response = front.client().get(
+        f"/page?m={m}", headers={**API, "authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 200, response.text
+    rec = front.reached(m)
+    assert identity_headers(rec)[b"x-user-id"] == ["alice"]
+    assert rec.header("authorization") == [] and rec.header("x-gateway-bearer") == []
+    m = marker()
+    basic = {**API, "authorization": "Basic YXBwOnNlY3JldA==", "x-gateway-bearer": "used"}
+    response = front.client().get(f"/public/x?m={m}", headers=basic)
+    assert response.status_code == 200
+    rec = front.reached(m)
+    assert rec.header("authorization") == ["Basic YXBwOnNlY3JldA=="]
+    assert rec.header("x-gateway-bearer") == []
+
+
 def test_a_post_reaches_the_upstream_with_its_body(front: Front):
     m = marker()
     client = front.signed_in("alice")
@@ -563,3 +584,16 @@ def test_the_traefik_example_asks_the_gateway_and_copies_its_identity_headers():
         assert set(router.get("middlewares", [])) <= set(http["middlewares"])
     urls = {name: s["loadBalancer"]["servers"][0]["url"] for name, s in http["services"].items()}
     assert urls == {"gateway": f"http://{EXAMPLE_GATEWAY}", "app": f"http://{EXAMPLE_APP}"}
+
+
+def test_every_example_strips_the_legacy_headers_the_gateway_strips():
+    """The front proxies must remove what the gateway's own modes remove (nexthop LEGACY)."""
+    from gateway.headers import LEGACY
+
+    nginx = (EXAMPLES / "nginx.conf").read_text().lower()
+    caddy = (EXAMPLES / "Caddyfile").read_text().lower()
+    traefik = (EXAMPLES / "traefik.yml").read_text().lower()
+    for name in sorted(n.decode() for n in LEGACY):
+        assert f'proxy_set_header {name} "";' in nginx, f"nginx.conf passes {name}"
+        assert f"request_header -{name}\n" in caddy, f"Caddyfile passes {name}"
+        assert f'{name}: ""' in traefik, f"traefik.yml passes {name}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import Route
-from gateway.routing import Refusal, Router, encode_path, normalize_path
+from gateway.routing import BadPath, Router, encode_path, normalize_path
 from tests.conftest import Gateway
 from tests.rawhttp import get
 from tests.upstream import RecordingUpstream
@@ -57,7 +57,7 @@ def test_normalize_path_resolves(raw: str, expected: str):
     ],
 )
 def test_normalize_path_refuses(raw: str):
-    assert isinstance(normalize_path(raw.encode()), Refusal)
+    assert isinstance(normalize_path(raw.encode()), BadPath)
 
 
 def test_encode_path_is_the_inverse():
@@ -106,6 +106,50 @@ ROUTER = Router(
 )
 def test_router_longest_prefix_on_segments(host, path, name):
     route = ROUTER.match(host, path)
+    assert route is not None and route.name == name
+
+
+UNICODE_ROUTER = Router(
+    [
+        _route("root", "/"),
+        _route("wiki", "/wiki"),
+        _route("api", "/api"),
+        _route("kb", "/kb"),
+        _route("exact", "/Exact", case_sensitive=True),
+        _route("wiki-host", "/wiki", host="wiki.example.com"),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "host,path,name",
+    [
+        (None, "/wik\u0130/secret", "root"),
+        (None, "/ap\u0130/x", "root"),
+        (None, "/WIK\u0130", "root"),
+        (None, "/\u212ab/x", "root"),
+        (None, "/\u212aB", "root"),
+        (None, "/Exact\u0130/x", "root"),
+        ("wiki.example.com", "/wik\u0130/x", "root"),
+        (None, "/wiki/\u0130", "wiki"),
+        (None, "/WIKI/caf\u00e9", "wiki"),
+        ("wiki.example.com", "/Wiki/\u0130", "wiki-host"),
+    ],
+    ids=[
+        "dotted capital I does not end the wiki segment",
+        "dotted capital I does not end the api segment",
+        "upper case with dotted capital I",
+        "Kelvin sign is not k",
+        "Kelvin sign with upper B is not kb",
+        "case-sensitive route with dotted capital I",
+        "host route with dotted capital I",
+        "non-ASCII below the prefix stays in it",
+        "upper-case prefix with accented rest",
+        "host route with upper-case prefix",
+    ],
+)
+def test_router_folds_ascii_only(host, path, name):
+    route = UNICODE_ROUTER.match(host, path)
     assert route is not None and route.name == name
 
 

@@ -1,0 +1,210 @@
+"""The decision every mode asks for: from what a request is to allow (with an identity) or refuse.
+
+    framing -> one normalized path -> route or endpoint -> identity (cookie or bearer)
+            -> cross-site rule -> route policy -> websocket rule
+
+The proxy, the ASGI and WSGI middleware and forward-auth (`/verify`) all call `Core`: a rule
+changed here changes in every mode at once. Nothing here sends a response; a refusal is a value
+(`gateway.core.responses.Refusal`) the adapter renders.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+
+from gateway import metrics
+from gateway.authn import Authenticator
+from gateway.context import RequestContext
+from gateway.core.responses import Refusal, wants_html
+from gateway.csrf import SAFE_METHODS, allowed_origins, cross_site
+from gateway.headers import Header, client_view
+from gateway.ingress import framing_problem
+from gateway.policy import Outcome, decide, login_location, original_target
+from gateway.redirects import safe_next
+from gateway.routing import BadPath, Router, normalize_forwarded_uri, normalize_path, under_prefix
+from gateway.runtime import Runtime
+from gateway.store.base import StoreUnavailable
+
+log = logging.getLogger("gateway.authn")
+
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+STORE_DOWN = Refusal(503, "store_unavailable", "The session store is unavailable; try again.")
+NO_ROUTE = Refusal(404, "not_found", "No route matches this path.")
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the core says: `refusal` None means allowed (or, for `ctx.endpoint`, ours to serve).
+
+    `ctx` is None only when the request was refused before it had a path and a route.
+    """
+
+    ctx: RequestContext | None
+    refusal: Refusal | None = None
+
+
+class Core:
+    """One gateway's decision, built once per config from its runtime and routes."""
+
+    def __init__(self, rt: Runtime, router: Router) -> None:
+        config = rt.config
+        self.router = router
+        self.prefix = config.auth.prefix
+        self.public_url = config.server.public_url
+        self.trusted = tuple(config.server.trusted_proxies)
+        self.allowed_origins = allowed_origins(
+            config.server.public_url, config.server.allowed_origins
+        )
+        self.authn = Authenticator(
+            tokens=rt.tokens,
+            sessions=rt.sessions,
+            cookies=rt.cookies,
+            strict=config.session.revocation == "strict",
+        )
+
+    async def decide(self, scope: dict) -> Decision:
+        """The verdict on one ASGI http or websocket request."""
+        headers = scope["headers"]
+        view = client_view(scope, self.trusted)
+        # websocket upgrades too: two Host headers would let a host route be matched on one
+        problem = framing_problem(headers)
+        if problem is not None:
+            return Decision(None, Refusal(400, "bad_request", f"Refused: {problem}."))
+        path = normalize_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
+        if isinstance(path, BadPath):
+            return Decision(None, Refusal(400, "bad_request", f"Refused: {path.detail}."))
+        endpoint = under_prefix(path, self.prefix)
+        route = None if endpoint else self.router.match(view.host or None, path)
+        if route is None and not endpoint:
+            return Decision(None, NO_ROUTE)
+        ctx = RequestContext(
+            request_id=_request_id(headers, view.trusted),
+            path=path,
+            view=view,
+            route=route,
+            endpoint=endpoint,
+        )
+        refused = await self._identify(ctx, headers)
+        if refused is not None or endpoint:
+            return Decision(ctx, refused)
+        method = scope.get("method", "GET")
+        websocket = scope["type"] == "websocket"
+        html = not websocket and wants_html(method, headers)
+        next_target = original_target(scope.get("query_string", b""), path)
+        return Decision(ctx, self.judge(ctx, method, headers, websocket, html, next_target))
+
+    async def decide_forwarded(
+        self, verify_ctx: RequestContext, method: str, uri: str, host: str, headers: list[Header]
+    ) -> Decision:
+        """The verdict on the request a front proxy names (forward-auth), as the proxy would reach.
+
+        `verify_ctx` is the check request's own context: its identity is the caller's.
+        """
+        path = normalize_forwarded_uri(uri)
+        if isinstance(path, BadPath):
+            return Decision(None, Refusal(403, "bad_request", f"Refused: {path.detail}."))
+        route = self.router.match(host or None, path)
+        if route is None:
+            return Decision(None, Refusal(403, "not_found", "No route matches this path."))
+        ctx = RequestContext(
+            request_id=verify_ctx.request_id,
+            path=path,
+            view=verify_ctx.view,
+            route=route,
+            identity=verify_ctx.identity,
+            auth_error=verify_ctx.auth_error,
+            used_bearer=verify_ctx.used_bearer,
+            set_cookies=verify_ctx.set_cookies,
+        )
+        if verify_ctx.used_bearer and not route.bearer:
+            # the check request itself reads a bearer token; this route takes the cookie only,
+            # as the proxy would: identify again from the cookie alone
+            ctx.identity, ctx.auth_error, ctx.used_bearer = None, None, False
+            refused = await self._identify(ctx, headers)
+            if refused is not None:
+                return Decision(ctx, refused)
+        # nginx's auth_request turns a redirect into an error: it gets 401 with a Location
+        html = wants_html(method, headers) and not any(k == b"x-original-uri" for k, _ in headers)
+        refusal = self.judge(ctx, method, headers, False, html, safe_next(uri), forward_auth=True)
+        return Decision(ctx, refusal)
+
+    def judge(
+        self,
+        ctx: RequestContext,
+        method: str,
+        headers: list[Header],
+        websocket: bool,
+        html: bool,
+        next_target: str,
+        *,
+        forward_auth: bool = False,
+    ) -> Refusal | None:
+        """Cross-site rule, route policy and websocket rule for an identified request."""
+        route = ctx.route
+        assert route is not None
+        identity = ctx.identity
+        # a cookie rides along on cross-site requests; a bearer token never does. Browsers send
+        # cookies on cross-site websocket upgrades (a GET): judge those by Origin too
+        if (
+            identity is not None
+            and identity.source == "cookie"
+            and (websocket or method not in SAFE_METHODS)
+            and cross_site(headers, self.allowed_origins)
+        ):
+            return Refusal(
+                403, "cross_site", "Cross-site requests with the session cookie are refused."
+            )
+        verdict = decide(identity, route, method)
+        if verdict.outcome is Outcome.LOGIN:
+            location = login_location(self.public_url, self.prefix, next_target)
+            if html:
+                return Refusal(302, "unauthenticated", "Sign in first.", location=location)
+            hint = (b"location", location.encode("latin-1")) if forward_auth else None
+            return Refusal(
+                401,
+                "unauthenticated",
+                "Sign in, or send a valid bearer token.",
+                (_BEARER_CHALLENGE, hint) if hint else (_BEARER_CHALLENGE,),
+            )
+        if verdict.outcome is Outcome.FORBIDDEN or (
+            # a proxy's auth_request passes on 401 and 403 only: a method rule answers 403
+            forward_auth and verdict.outcome is Outcome.METHOD
+        ):
+            return Refusal(403, "forbidden", "You do not have access to this page.", html=html)
+        if verdict.outcome is Outcome.METHOD:
+            allow = ", ".join(verdict.allow).encode("ascii")
+            return Refusal(
+                405,
+                "method_not_allowed",
+                f"This route does not accept {method}.",
+                ((b"allow", allow),),
+            )
+        if websocket and not route.websocket:
+            return Refusal(
+                403, "websocket_refused", "This route does not accept WebSocket upgrades."
+            )
+        return None
+
+    async def _identify(self, ctx: RequestContext, headers: list[Header]) -> Refusal | None:
+        try:
+            await self.authn.identify(headers, ctx)
+        except StoreUnavailable as exc:
+            log.warning("session store unavailable request_id=%s: %s", ctx.request_id, exc)
+            metrics.store_error("authn")
+            return STORE_DOWN
+        return None
+
+
+_BEARER_CHALLENGE = (b"www-authenticate", b'Bearer realm="gateway"')
+
+
+def _request_id(headers: list[Header], trusted: bool) -> str:
+    """A trusted proxy's X-Request-Id, else a new one."""
+    if trusted:
+        for key, value in headers:
+            if key == b"x-request-id" and _REQUEST_ID.match(value):
+                return value.decode("ascii")
+    return uuid.uuid4().hex

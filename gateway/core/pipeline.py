@@ -1,0 +1,84 @@
+"""The ASGI side of the decision, shared by the proxy and the ASGI and WSGI middleware.
+
+Ask the core; then answer its refusal, serve our own endpoint, or call the `allowed` app (the
+proxy's forwarding, or the wrapped app) with the normalized path. Nothing is decided here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from gateway.context import SCOPE_KEY
+from gateway.core.decide import Core
+from gateway.core.responses import send_refusal
+from gateway.routing import encode_path
+
+ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
+Send = Callable[[dict], Awaitable[None]]
+EXTENSION = "websocket.http.response"
+
+
+def websocket_denial(scope: dict, send: Send) -> Send:
+    """A `send` that turns an HTTP response into a refusal of the websocket handshake."""
+    extension = EXTENSION in (scope.get("extensions") or {})
+
+    async def deny(message: dict) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if extension:
+                await send({**message, "type": "websocket.http.response.start"})
+            else:
+                # a server without the extension answers a close before accept with 403
+                await send({"type": "websocket.close", "code": 1008})
+        elif kind == "http.response.body":
+            if extension:
+                await send({**message, "type": "websocket.http.response.body"})
+        else:
+            await send(message)
+
+    return deny
+
+
+def with_cookies(send: Send, cookies: list[str]) -> Send:
+    """A `send` that adds these Set-Cookie values to the response (or the websocket accept)."""
+
+    async def send_with_cookies(message: dict) -> None:
+        if message["type"] in ("http.response.start", "websocket.accept"):
+            extra = [(b"set-cookie", c.encode("latin-1")) for c in cookies]
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return send_with_cookies
+
+
+class Pipeline:
+    """Pure ASGI: the core's verdict, then the refusal, an endpoint of ours or `allowed`."""
+
+    def __init__(self, core: Core, endpoints: ASGIApp, allowed: ASGIApp) -> None:
+        self.core = core
+        self.endpoints = endpoints
+        self.allowed = allowed
+        self.prefix = core.prefix
+
+    async def __call__(self, scope: dict, receive: Callable, send: Send) -> None:
+        if scope["type"] == "websocket":
+            # a websocket upgrade refused anywhere gets that HTTP answer, never a 101
+            send = websocket_denial(scope, send)
+        decision = await self.core.decide(scope)
+        ctx = decision.ctx
+        if ctx is not None:
+            # the access log, outside this step, finds the context in the scope it passed in
+            scope[SCOPE_KEY] = ctx
+            if ctx.set_cookies:
+                send = with_cookies(send, ctx.set_cookies)
+        if decision.refusal is not None:
+            head = scope.get("method") == "HEAD"
+            await send_refusal(send, decision.refusal, head=head, prefix=self.prefix)
+            return
+        assert ctx is not None
+        # everything after this (Starlette's router included) sees only the normalized path
+        inner = {**scope, "path": ctx.path, "raw_path": encode_path(ctx.path), SCOPE_KEY: ctx}
+        if ctx.endpoint:
+            await self.endpoints(inner, receive, send)
+        else:
+            await self.allowed(inner, receive, send)
