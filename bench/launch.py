@@ -1,12 +1,12 @@
 """`python -m bench.launch`: the gateway CLI with parts of the hot path switched back.
 
 For the before/after steps in bench/RESULTS.md. BENCH_VARIANT is a comma-separated list:
-  httpx | httpx-aiohttp | aiohttp   forward with that client instead of gateway.upstream_pool
-  nocache                           verify every token in full (no gateway.tokencache)
+  httpx | httpx-aiohttp | aiohttp   forward with that client instead of gateway.proxy.client
+  nocache                           verify every token in full (no gateway.auth.tokencache)
   pyjwt                             mint assertions with jwt.encode, parse key ids every time
   nofreeze                          no gc.freeze() after the app is built
   asyncio-h11 | asyncio | h11       uvicorn on asyncio's loop and/or h11, not uvloop/httptools
-  nocoalesce                        a response's head and body in two writes (no gateway.coalesce)
+  nocoalesce                        a response's head and body in two writes (no serve.coalesce)
 Only with `--workers 1`: uvicorn's worker processes would import the gateway afresh.
 """
 
@@ -19,11 +19,11 @@ import sys
 
 def apply(variant: set[str]) -> None:
     """Switch the named parts back to what the gateway did before."""
-    import gateway.app
-    import gateway.authn
-    import gateway.keys
-    import gateway.proxy
-    import gateway.tokens
+    import gateway.auth.keys
+    import gateway.auth.tokens
+    import gateway.core.authn
+    import gateway.proxy.app
+    import gateway.proxy.forward
     from bench.transports import TRANSPORTS
 
     for name, factory in TRANSPORTS.items():
@@ -32,15 +32,15 @@ def apply(variant: set[str]) -> None:
             def build_clients(config, factory=factory):
                 return {r.upstream: factory(r.upstream) for r in config.routes}
 
-            gateway.proxy.build_clients = build_clients
-            gateway.app.build_clients = build_clients
+            gateway.proxy.forward.build_clients = build_clients
+            gateway.proxy.app.build_clients = build_clients
     if "nocache" in variant:
 
         class Uncached:
             def __init__(self, tokens) -> None:
                 self.verify_session = tokens.verify_session
 
-        gateway.authn.VerifiedTokens = Uncached
+        gateway.core.authn.VerifiedTokens = Uncached
     if "pyjwt" in variant:
         import secrets
 
@@ -60,15 +60,15 @@ def apply(variant: set[str]) -> None:
                 "jti": secrets.token_urlsafe(12),
                 "iat": now,
                 "nbf": now,
-                "exp": now + gateway.tokens.ASSERTION_TTL,
+                "exp": now + gateway.auth.tokens.ASSERTION_TTL,
             }
             key = self.keyring.signing_key()
             return jwt.encode(
                 payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid}
             )
 
-        gateway.tokens.Tokens.mint_assertion = mint_assertion
-        gateway.keys.created_at = gateway.keys.created_at.__wrapped__
+        gateway.auth.tokens.Tokens.mint_assertion = mint_assertion
+        gateway.auth.keys.created_at = gateway.auth.keys.created_at.__wrapped__
     server = {}
     if "asyncio-h11" in variant or "asyncio" in variant:
         server["loop"] = "asyncio"
@@ -85,9 +85,9 @@ def apply(variant: set[str]) -> None:
 
         uvicorn.Config.__init__ = init
     if "nocoalesce" in variant:
-        import gateway.protocol
+        import gateway.serve.protocol
 
-        gateway.protocol.CoalescingTransport = lambda transport, loop: transport
+        gateway.serve.protocol.CoalescingTransport = lambda transport, loop: transport
     if "nofreeze" in variant:
         gc.freeze = lambda: None
 

@@ -260,9 +260,9 @@ def write_gateway_config(
 
 def mint_token(config_path: Path, user: str = "bench") -> str:
     """A session in the gateway's store and a cookie token for it, minted by the gateway."""
-    from gateway.app import build_runtime
+    from gateway.runtime import build_runtime
     from gateway.config import load_config
-    from gateway.keys import ensure_key
+    from gateway.auth.keys import ensure_key
 
     config = load_config(config_path)
     ensure_key(config.keys.dir, config.keys.algorithm)

@@ -1,6 +1,6 @@
 """The transports the gateway was measured with before choosing its own (bench only).
 
-Each adapter offers what gateway.proxy.Forward uses of gateway.upstream_pool.UpstreamPool:
+Each adapter offers what gateway.proxy.forward.Forward uses of gateway.proxy.client.pool.UpstreamPool:
 `send(method, target, headers, body, content_length, timeout)` returning a response with
 `status_code`, raw `headers`, `at_end`, `aiter_raw()` and `aclose()`.
 """

@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime
 
 from gateway import metrics
-from gateway.context import SCOPE_KEY, RequestContext
+from gateway.core.context import SCOPE_KEY, RequestContext
 
 log = logging.getLogger("gateway.access")
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from gateway.config import Config, ConfigError, config_path, load_config
-from gateway.server import configure_logging, routes_table, serve, table
+from gateway.serve.server import configure_logging, routes_table, serve, table
 
 
 class Failure(Exception):
@@ -72,7 +72,7 @@ def _roles(value: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    from gateway.users.file import UsersFileError, read_users, remove_user, set_user
+    from gateway.sources.file import UsersFileError, read_users, remove_user, set_user
 
     # users, keys and sessions need no upstream: a middleware config works too
     config = _load(args, require_upstream=False)
@@ -108,7 +108,7 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from gateway.keys import (
+    from gateway.auth.keys import (
         ACTIVATE_AFTER,
         KeyFileError,
         active_key,

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.casefold import ascii_lower
-from gateway.secret_strength import weakness
+from gateway.auth.secret_strength import weakness
+from gateway.core.casefold import ascii_lower
 
 DEFAULT_CONFIG = "gateway.toml"
 HTTP_METHODS = frozenset(

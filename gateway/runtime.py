@@ -1,18 +1,22 @@
-"""The long-lived parts of one running gateway, built once by app.py and shared by the steps."""
+"""The long-lived parts of one running gateway (keys, tokens, store, sessions, users, limits,
+next-hop headers), built once per config and shared by every step."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.auth.cookies import CookieJar
+from gateway.auth.keys import ensure_key
+from gateway.auth.limits import LoginLimiter
+from gateway.auth.sessions import Sessions
+from gateway.auth.tokens import Keyring, Tokens
 from gateway.config import Config
-from gateway.cookies import CookieJar
 from gateway.core.nexthop import NextHop
-from gateway.limits import LoginLimiter
-from gateway.sessions import Sessions
-from gateway.store.base import Store
-from gateway.tokens import Keyring, Tokens
-from gateway.users.base import UserBackend
+from gateway.sources import build_users
+from gateway.sources.base import UserBackend
+from gateway.store import Store, open_store
 
 
 @dataclass
@@ -30,3 +34,26 @@ class Runtime:
     cookies: CookieJar
     limiter: LoginLimiter
     nexthop: NextHop
+
+
+def build_runtime(
+    config: Config, clock: Callable[[], float] = time.time, store: Store | None = None
+) -> Runtime:
+    """Keys, tokens, store (or the one given), sessions, users and limits for one config."""
+    ensure_key(config.keys.dir, config.keys.algorithm)
+    keyring = Keyring(config.keys, clock)
+    tokens = Tokens(keyring, config.server.public_url, config.session.access_ttl, clock)
+    if store is None:
+        store = open_store(config.store.url, config.base_dir)
+    return Runtime(
+        config=config,
+        clock=clock,
+        keyring=keyring,
+        tokens=tokens,
+        store=store,
+        sessions=Sessions(store, config.session, clock),
+        users=build_users(config),
+        cookies=CookieJar(config),
+        limiter=LoginLimiter(store, config.login_limits, clock),
+        nexthop=NextHop(config, tokens),
+    )

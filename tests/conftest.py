@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.users.file import set_user
+from gateway.sources.file import set_user
 from tests.upstream import RecordingUpstream
 
 ROOT = Path(__file__).resolve().parent.parent

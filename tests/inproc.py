@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
-from gateway.app import build_app
 from gateway.config import Config
+from gateway.proxy.app import build_app
 
 
 @dataclass

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.auth.keys import write_key
 from gateway.config import ConfigError, load_config, parse_duration
-from gateway.keys import write_key
-from gateway.users.file import read_users
+from gateway.sources.file import read_users
 
 ROOT = Path(__file__).resolve().parent.parent
 

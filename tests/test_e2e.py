@@ -421,8 +421,8 @@ def test_a_hand_edited_hash_in_the_users_file_is_a_failed_login(gateway: Gateway
 def test_verify_sends_a_non_latin1_user_id_as_utf8(gateway: Gateway):
     import time
 
+    from gateway.auth.tokens import Keyring, Tokens
     from gateway.config import load_config
-    from gateway.tokens import Keyring, Tokens
 
     config = load_config(gateway.config)
     tokens = Tokens(Keyring(config.keys), config.server.public_url, 900, time.time)

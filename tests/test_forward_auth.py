@@ -22,7 +22,7 @@ import jwt
 import pytest
 
 from gateway.config import AuthConfig, IdentityConfig
-from gateway.headers import canonical
+from gateway.core.nexthop import canonical
 from tests.conftest import (
     ROOT,
     USERS,
@@ -588,7 +588,7 @@ def test_the_traefik_example_asks_the_gateway_and_copies_its_identity_headers():
 
 def test_every_example_strips_the_legacy_headers_the_gateway_strips():
     """The front proxies must remove what the gateway's own modes remove (nexthop LEGACY)."""
-    from gateway.headers import LEGACY
+    from gateway.core.nexthop import LEGACY
 
     nginx = (EXAMPLES / "nginx.conf").read_text().lower()
     caddy = (EXAMPLES / "Caddyfile").read_text().lower()

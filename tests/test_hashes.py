@@ -17,7 +17,7 @@ import argon2
 import bcrypt
 import pytest
 
-from gateway.users.hashes import (
+from gateway.sources.hashes import (
     UnknownHashFormat,
     WeakHashRefused,
     burn_time,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from gateway.auth.keys import ACTIVATE_AFTER, created_at, load_keys, new_kid, write_key
+from gateway.auth.tokens import Keyring
 from gateway.config import KeysConfig
-from gateway.keys import ACTIVATE_AFTER, created_at, load_keys, new_kid, write_key
-from gateway.tokens import Keyring
 from tests.inproc import FakeClock
 
 

@@ -35,7 +35,7 @@ from werkzeug.serving import make_server
 
 from gateway import asgi, wsgi
 from gateway.config import ConfigError, load_config
-from gateway.headers import canonical
+from gateway.core.nexthop import canonical
 from tests.conftest import ROOT, USERS, add_users, free_port, wait_port, write_config
 
 # routes without `upstream`: the wrapped app is what they protect

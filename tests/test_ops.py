@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.accesslog import FIELDS
-from gateway.keys import load_keys
+from gateway.auth.keys import load_keys
 from tests.conftest import (
     USERS,
     Gateway,

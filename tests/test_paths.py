@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import Route
-from gateway.routing import BadPath, Router, encode_path, normalize_path
+from gateway.core.routing import BadPath, Router, encode_path, normalize_path
 from tests.conftest import Gateway
 from tests.rawhttp import get
 from tests.upstream import RecordingUpstream

@@ -17,7 +17,7 @@ import jwt
 import pytest
 import redis
 
-from gateway.sessions import STRICT_CACHE_SECONDS
+from gateway.auth.sessions import STRICT_CACHE_SECONDS
 from tests.conftest import (
     USERS,
     Gateway,

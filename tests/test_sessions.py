@@ -16,8 +16,8 @@ import httpx
 import jwt
 import pytest
 
+from gateway.auth.sessions import STRICT_CACHE_SECONDS
 from gateway.config import load_config
-from gateway.sessions import STRICT_CACHE_SECONDS
 from tests.conftest import USERS, add_users, free_port, standard_routes, write_config
 from tests.inproc import FakeClock, InProcessGateway
 from tests.upstream import RecordingUpstream

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import sqlalchemy
 
-from gateway.users.sql import engine_url, parse_roles
+from gateway.sources.sql import engine_url, parse_roles
 from tests.conftest import Gateway, closed_port, free_port, start_gateway, write_config
 from tests.legacy_hashes import (
     argon2id,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.auth.tokens import Keyring, Tokens
 from gateway.config import load_config
-from gateway.tokens import Keyring, Tokens
 from tests.conftest import (
     USERS,
     Gateway,

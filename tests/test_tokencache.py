@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.auth.keys import retire_key, write_key
+from gateway.auth.tokencache import VerifiedTokens
+from gateway.auth.tokens import LEEWAY, Keyring, TokenError, TokenExpired, Tokens
 from gateway.config import KeysConfig
-from gateway.keys import retire_key, write_key
-from gateway.tokencache import VerifiedTokens
-from gateway.tokens import LEEWAY, Keyring, TokenError, TokenExpired, Tokens
 from tests.inproc import FakeClock
 
 TTL = 900

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gateway.config import ServerConfig
-from gateway.upstream_pool import UpstreamPool
+from gateway.proxy.client.pool import UpstreamPool
 from tests.conftest import closed_port
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"

@@ -14,19 +14,27 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway import metrics
-from gateway.authn import Authenticator
-from gateway.context import RequestContext
+from gateway.auth.redirects import safe_next
+from gateway.core.authn import Authenticator
+from gateway.core.context import RequestContext
+from gateway.core.csrf import SAFE_METHODS, allowed_origins, cross_site
+from gateway.core.ingress import Header, client_view, framing_problem
+from gateway.core.policy import Outcome, decide, login_location, original_target
 from gateway.core.responses import Refusal, wants_html
-from gateway.csrf import SAFE_METHODS, allowed_origins, cross_site
-from gateway.headers import Header, client_view
-from gateway.ingress import framing_problem
-from gateway.policy import Outcome, decide, login_location, original_target
-from gateway.redirects import safe_next
-from gateway.routing import BadPath, Router, normalize_forwarded_uri, normalize_path, under_prefix
-from gateway.runtime import Runtime
+from gateway.core.routing import (
+    BadPath,
+    Router,
+    normalize_forwarded_uri,
+    normalize_path,
+    under_prefix,
+)
 from gateway.store.base import StoreUnavailable
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway.authn")
 

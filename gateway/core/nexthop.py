@@ -9,20 +9,176 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from gateway.auth.tokens import Tokens
 from gateway.config import Config, Route
-from gateway.context import RequestContext
-from gateway.headers import (
-    FORWARDED,
-    HOP_BY_HOP,
-    LEGACY,
-    Header,
-    canonical,
-    cookie_names,
-    drop_cookie,
-    identity_names,
-    sets_our_cookie,
+from gateway.core.context import RequestContext
+from gateway.core.ingress import Header
+
+# RFC 9110 7.6.1 hop-by-hop headers, plus the framing headers: the gateway frames the
+# upstream request itself, so a client's Content-Length/Transfer-Encoding never pass as is
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+        b"expect",
+        b"http2-settings",
+    }
 )
-from gateway.tokens import Tokens
+# forwarded-for family: believed from nobody, re-set by the gateway
+FORWARDED = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-server",
+        b"x-forwarded-scheme",
+        b"x-forwarded-ssl",
+        b"x-forwarded-protocol",
+        b"x-real-ip",
+        b"x-client-ip",
+        b"x-originating-ip",
+        b"x-remote-ip",
+        b"x-remote-addr",
+        b"x-cluster-client-ip",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-url-scheme",
+        b"front-end-https",
+        b"x-request-id",
+    }
+)
+# headers legacy stacks route, authorize or log in on (IIS, Symfony, Rails, Apache, proxies)
+LEGACY = frozenset(
+    {
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-original-uri",
+        b"x-forwarded-prefix",
+        b"x-forwarded-path",
+        b"x-forwarded-uri",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+        b"remote-user",
+        b"x-remote-user",
+        b"x-forwarded-user",
+        b"x-forwarded-email",
+        b"x-forwarded-preferred-username",
+        b"x-forwarded-groups",
+        b"x-forwarded-access-token",
+        b"x-auth-request-user",
+        b"x-auth-request-email",
+        b"x-auth-request-groups",
+        b"x-auth-request-access-token",
+        b"x-authenticated-user",
+        b"auth-user",
+        b"remote-addr",
+    }
+)
+
+
+def canonical(name: bytes) -> bytes:
+    """A header name as WSGI, CGI and PHP see it: case folded, `_` and `.` read as `-`."""
+    return name.lower().replace(b"_", b"-").replace(b".", b"-")
+
+
+def drop_cookie(value: bytes, names: frozenset[bytes]) -> bytes:
+    """A Cookie header value without the gateway's own cookie(s)."""
+    kept = []
+    for pair in value.split(b";"):
+        name = pair.split(b"=", 1)[0].strip()
+        if name and name not in names:
+            kept.append(pair.strip())
+    return b"; ".join(kept)
+
+
+_identity_names_memo: tuple[Config, frozenset[bytes]] | None = None
+
+
+def identity_names(config: Config) -> frozenset[bytes]:
+    """Every identity header name any route injects, canonical: stripped from all clients."""
+    global _identity_names_memo
+    memo = _identity_names_memo
+    # built once per config, not once per route: 10,000 routes would make it quadratic
+    if memo is not None and memo[0] is config:
+        return memo[1]
+    names = set()
+    for item in (config.identity, *(r.identity for r in config.routes)):
+        for name in (item.user_header, item.roles_header, item.assertion_header):
+            if name:
+                names.add(canonical(name.encode("latin-1")))
+    _identity_names_memo = (config, frozenset(names))
+    return _identity_names_memo[1]
+
+
+def cookie_names(config: Config) -> frozenset[bytes]:
+    """Every spelling of the gateway's session cookie name, prefixed or not."""
+    base = config.session.cookie.encode("latin-1")
+    return frozenset({base, b"__Host-" + base, b"__Secure-" + base})
+
+
+def sets_our_cookie(set_cookie: bytes, ours: frozenset[bytes]) -> bool:
+    """True for a Set-Cookie value that would set or clear the gateway's cookie, in any case."""
+    return set_cookie.split(b"=", 1)[0].strip().lower() in {n.lower() for n in ours}
+
+
+def response_headers(
+    raw: Iterable[Header], ours: frozenset[bytes], *, bodiless: bool = False
+) -> list[Header]:
+    """Upstream headers for the client: no hop-by-hop or Connection-named one, no Set-Cookie
+    for our cookie, and no Content-Length on a `bodiless` (204, 304) response."""
+    out: list[Header] = []
+    named: set[bytes] | None = None
+    for key, value in raw:
+        name = key.lower()
+        if name in RESPONSE_HOP_BY_HOP:
+            if name == b"connection" and value.lower() not in PLAIN_CONNECTION:
+                tokens = {t.strip() for t in value.lower().split(b",")}
+                named = tokens if named is None else named | tokens
+            continue
+        # an upstream must not set, replace or clear the gateway's session
+        if name == b"set-cookie" and sets_our_cookie(value, ours):
+            continue
+        # a 204 must not carry one (RFC 9110 8.6), and uvicorn raises mid-response when the
+        # body a 304's Content-Length announces never comes
+        if bodiless and name == b"content-length":
+            continue
+        out.append((name, value))
+    if named is not None:
+        # headers the upstream names in Connection are for this hop alone (RFC 9110 7.6.1)
+        out = [(name, value) for name, value in out if name not in named]
+    return out
+
+
+RESPONSE_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# the Connection values nearly every upstream sends: they name no other header
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+
 
 # forward-auth's answer: the client's Authorization carried our token, so the app gets none
 BEARER_USED = b"x-gateway-bearer"

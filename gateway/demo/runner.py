@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gateway.config import Config, config_path, load_config
-from gateway.users.file import set_user
+from gateway.sources.file import set_user
 
 DEMO_USERS = (("demo", ("staff",)), ("admin", ("admin", "staff")))
 
@@ -51,7 +51,7 @@ def _wait_for(port: int, process: subprocess.Popen, seconds: float = 15.0) -> No
 
 def run_demo(explicit_config: str | None) -> int:
     """Start both demo apps, create the demo users, print how to sign in, serve until Ctrl-C."""
-    from gateway.server import serve
+    from gateway.serve.server import serve
 
     config = demo_config(explicit_config)
     passwords = {}

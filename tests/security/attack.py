@@ -12,7 +12,7 @@ from typing import BinaryIO
 import httpx
 import jwt
 
-from gateway.keys import SigningKey, load_keys
+from gateway.auth.keys import SigningKey, load_keys
 from tests.conftest import USERS, Gateway
 from tests.rawhttp import RawResponse, raw_request
 from tests.upstream import Recorded, RecordingUpstream

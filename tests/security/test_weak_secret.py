@@ -10,7 +10,7 @@ import httpx
 import jwt
 import pytest
 
-from gateway.keys import secret_key
+from gateway.auth.keys import secret_key
 from tests.conftest import free_port, standard_routes, start_gateway, write_config
 from tests.security.attack import claims, nothing_forwarded, request
 

@@ -15,7 +15,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from gateway.coalesce import CoalescingTransport
+from gateway.serve.coalesce import CoalescingTransport
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def routes_table(config: Config) -> str:
 
 def startup_summary(config: Config, workers: int) -> str:
     """What `run` and `demo` print before serving: address, routes, store, keys."""
-    from gateway.keys import load_keys
+    from gateway.auth.keys import load_keys
 
     if config.keys.algorithm == "HS256":
         kids = "HS256 shared secret"
@@ -78,7 +78,7 @@ def _redact(url: str) -> str:
 
 def protocol_factory(config: Config) -> functools.partial:
     """The uvicorn HTTP protocol: httptools bounded by the `[server]` head limits."""
-    from gateway.protocol import LimitedHttpToolsProtocol, ProtocolLimits
+    from gateway.serve.protocol import LimitedHttpToolsProtocol, ProtocolLimits
 
     server = config.server
     limits = ProtocolLimits(
@@ -117,9 +117,9 @@ def serve(config: Config, workers: int) -> None:
 
 
 def _serve(config: Config, workers: int) -> None:
-    from gateway.app import CONFIG_ENV
-    from gateway.keys import ensure_key
+    from gateway.auth.keys import ensure_key
     from gateway.metrics import start_admin_listener
+    from gateway.serve.worker import CONFIG_ENV
 
     ensure_key(config.keys.dir, config.keys.algorithm)
     assert config.source is not None
@@ -146,7 +146,7 @@ def _run_uvicorn(config: Config, workers: int) -> None:
     from uvicorn.config import STARTUP_FAILURE
 
     settings = uvicorn.Config(
-        "gateway.app:app_from_env",
+        "gateway.serve.worker:app_from_env",
         factory=True,
         host=config.server.host,
         port=config.server.port,
@@ -168,7 +168,7 @@ def _run_uvicorn(config: Config, workers: int) -> None:
     server = uvicorn.Server(settings)
     try:
         if workers > 1:
-            from gateway.reload import forwarding_supervisor
+            from gateway.serve.reload import forwarding_supervisor
 
             forwarding_supervisor()(settings, sockets=[settings.bind_socket()]).run()
         else:

@@ -28,7 +28,7 @@ from gateway import metrics
 from gateway.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
-    from gateway.app import GatewayApp
+    from gateway.proxy.app import GatewayApp
     from gateway.store.base import Store
 
 log = logging.getLogger("gateway.reload")

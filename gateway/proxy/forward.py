@@ -9,12 +9,12 @@ import httpx
 
 from gateway import metrics
 from gateway.config import Config, Route
-from gateway.context import context_of
-from gateway.core.nexthop import NextHop
+from gateway.core.context import context_of
+from gateway.core.ingress import Header
+from gateway.core.nexthop import NextHop, cookie_names, response_headers
 from gateway.core.responses import send_error
-from gateway.headers import Header, cookie_names, response_headers
-from gateway.routing import encode_path, strip_route_prefix
-from gateway.upstream_pool import UpstreamPool
+from gateway.core.routing import encode_path, strip_route_prefix
+from gateway.proxy.client.pool import UpstreamPool
 
 log = logging.getLogger("gateway.proxy")
 

@@ -14,16 +14,16 @@ from starlette.routing import Route
 from starlette.routing import Router as StarletteRouter
 
 from gateway import metrics
-from gateway.context import context_of
+from gateway.auth.redirects import safe_next
+from gateway.core.context import context_of
+from gateway.core.csrf import cross_site
 from gateway.core.decide import Core
 from gateway.core.responses import SECURITY_HEADERS, render
-from gateway.csrf import cross_site
 from gateway.pages import render_login, stylesheet
-from gateway.redirects import safe_next
 from gateway.runtime import Runtime
+from gateway.sources.base import encodable
+from gateway.sources.file import MAX_PASSWORD_BYTES, canonical_username
 from gateway.store.base import StoreUnavailable
-from gateway.users.base import encodable
-from gateway.users.file import MAX_PASSWORD_BYTES, canonical_username
 
 log = logging.getLogger("gateway.login")
 

@@ -7,8 +7,8 @@ from enum import Enum
 from urllib.parse import quote
 
 from gateway.config import Route
-from gateway.context import Identity
-from gateway.routing import encode_path
+from gateway.core.context import Identity
+from gateway.core.routing import encode_path
 
 
 class Outcome(Enum):

@@ -10,8 +10,8 @@ Revocation is not decided here: authn still asks the session store exactly as be
 
 from __future__ import annotations
 
-from gateway.keys import SigningKey
-from gateway.tokens import LEEWAY, MAX_TOKEN_BYTES, Claims, Tokens
+from gateway.auth.keys import SigningKey
+from gateway.auth.tokens import LEEWAY, MAX_TOKEN_BYTES, Claims, Tokens
 
 MAX_ENTRIES = 10_000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.config import Route
-from gateway.headers import ClientView
+from gateway.core.ingress import ClientView
 
 SCOPE_KEY = "gateway"
 

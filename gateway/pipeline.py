@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from gateway.context import SCOPE_KEY
+from gateway.core.context import SCOPE_KEY
 from gateway.core.decide import Core
 from gateway.core.responses import send_refusal
-from gateway.routing import encode_path
+from gateway.core.routing import Router, encode_path
+from gateway.endpoints import Endpoints
+from gateway.runtime import Runtime
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 Send = Callable[[dict], Awaitable[None]]
@@ -82,3 +84,10 @@ class Pipeline:
             await self.endpoints(inner, receive, send)
         else:
             await self.allowed(inner, receive, send)
+
+
+def build_pipeline(rt: Runtime, router: Router, allowed: ASGIApp) -> Pipeline:
+    """The core's decision, then our endpoints or `allowed`: the proxy's forwarding, or the app
+    the middleware wraps."""
+    core = Core(rt, router)
+    return Pipeline(core, Endpoints(rt, core), allowed)

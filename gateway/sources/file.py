@@ -11,8 +11,9 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.users.base import User
-from gateway.users.hashes import UnknownHashFormat, burn_time, hash_password, verify_password
+from gateway.config import Config
+from gateway.sources.base import User
+from gateway.sources.hashes import UnknownHashFormat, burn_time, hash_password, verify_password
 
 log = logging.getLogger("gateway.users")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
@@ -165,3 +166,8 @@ class FileUsers:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def from_config(config: Config) -> FileUsers:
+    """The `users = "file"` source: argon2id hashes in `auth.users_file`."""
+    return FileUsers(config.auth.users_file)

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from gateway.casefold import ascii_lower
 from gateway.config import Route
+from gateway.core.casefold import ascii_lower
 
 # characters left as they are when the normalized path is encoded again for the upstream
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from gateway import metrics
-from gateway.context import Identity, RequestContext
-from gateway.cookies import CookieJar
-from gateway.headers import Header
-from gateway.sessions import Sessions
+from gateway.auth.cookies import CookieJar
+from gateway.auth.sessions import Sessions
+from gateway.auth.tokencache import VerifiedTokens
+from gateway.auth.tokens import Claims, TokenError, TokenExpired, Tokens
+from gateway.core.context import Identity, RequestContext
+from gateway.core.ingress import Header
 from gateway.store.base import StoreUnavailable
-from gateway.tokencache import VerifiedTokens
-from gateway.tokens import Claims, TokenError, TokenExpired, Tokens
 
 
 class Authenticator:

@@ -21,9 +21,10 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy import event
 
+from gateway.config import Config
+from gateway.sources.base import User, encodable
+from gateway.sources.hashes import UnknownHashFormat, burn_time, hash_format, verify_password
 from gateway.store.base import StoreUnavailable
-from gateway.users.base import User, encodable
-from gateway.users.hashes import UnknownHashFormat, burn_time, hash_format, verify_password
 
 log = logging.getLogger("gateway.users")
 
@@ -224,3 +225,15 @@ def _read_only_on_connect(statements: Sequence[str], *, per_transaction: bool) -
         dbapi_connection.commit()
 
     return on_connect
+
+
+def from_config(config: Config) -> SqlUsers:
+    """The `users = "sql"` source: the `[auth.sql]` query against an existing database."""
+    sql = config.auth.sql
+    return SqlUsers(
+        sql.dsn,
+        sql.query,
+        sql.roles_query or None,
+        allow_weak_hashes=sql.allow_weak_hashes,
+        base_dir=config.base_dir,
+    )

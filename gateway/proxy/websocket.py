@@ -2,7 +2,7 @@
 
 The upgrade gets the same decision as any request (gateway.core), and every HTTP answer before
 the accept goes out through the ASGI "websocket.http.response" extension
-(gateway.core.pipeline.websocket_denial), so a refused upgrade is an ordinary 401/403 response
+(gateway.pipeline.websocket_denial), so a refused upgrade is an ordinary 401/403 response
 and never a 101. An allowed one reaches `ProxyWebSocket`, which opens the upstream connection
 first and accepts the client only once the upstream has accepted.
 """
@@ -19,9 +19,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from gateway import metrics
 from gateway.config import Route
-from gateway.context import RequestContext, context_of
+from gateway.core.context import RequestContext, context_of
 from gateway.core.responses import send_error
-from gateway.proxy import Forward
+from gateway.proxy.forward import Forward
 
 log = logging.getLogger("gateway.websocket")
 

@@ -14,8 +14,8 @@ from typing import Any
 import jwt
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from gateway.auth.keys import SigningKey, active_key, load_keys, secret_key
 from gateway.config import KeysConfig
-from gateway.keys import SigningKey, active_key, load_keys, secret_key
 
 LEEWAY = 30.0
 SESSION_CLAIMS = ("iss", "aud", "sub", "roles", "sid", "jti", "iat", "nbf", "exp")

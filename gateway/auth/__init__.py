@@ -1,0 +1,1 @@
+"""Sessions and their credentials: tokens and keys, the cookie, login limits, redirects."""

@@ -1,0 +1,103 @@
+"""What a request is, judged once: framing (smuggling), and who the client is (trust)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+Header = tuple[bytes, bytes]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_HOST = re.compile(rb"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+
+
+def framing_problem(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """Why the request's body framing is ambiguous (a smuggling vector), or None."""
+    # two Host headers: the route may be matched on one and the upstream read the other
+    if sum(1 for k, _ in headers if k == b"host") > 1:
+        return "more than one Host header"
+    lengths = [v for k, v in headers if k == b"content-length"]
+    encodings = [v for k, v in headers if k == b"transfer-encoding"]
+    if lengths and encodings:
+        return "both Content-Length and Transfer-Encoding"
+    if len(set(lengths)) > 1 or any(b"," in v for v in lengths):
+        return "conflicting Content-Length headers"
+    if lengths and not lengths[0].strip().isdigit():
+        return "invalid Content-Length"
+    if encodings and (len(encodings) > 1 or encodings[0].strip().lower() != b"chunked"):
+        return "unsupported Transfer-Encoding"
+    return None
+
+
+@dataclass(frozen=True)
+class ClientView:
+    """Who the client is and what it asked for, believing forwarded headers only from trust."""
+
+    ip: str
+    scheme: str
+    host: str
+    trusted: bool
+    forwarded_for: str  # the X-Forwarded-For value to send upstream
+
+
+def _in(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def _values(headers: Iterable[Header], name: bytes) -> list[str]:
+    out: list[str] = []
+    for key, value in headers:
+        if key == name:
+            out.extend(part.strip() for part in value.decode("latin-1").split(","))
+    return [v for v in out if v]
+
+
+def valid_host(value: bytes | str) -> bool:
+    """True for a plain `host[:port]` (no userinfo, path or spaces)."""
+    raw = value.encode("latin-1") if isinstance(value, str) else value
+    return bool(_HOST.match(raw)) and len(raw) <= 255
+
+
+def client_view(scope: dict, trusted: Sequence[Network]) -> ClientView:
+    """Decide client address, scheme and host; X-Forwarded-* count only from a trusted peer."""
+    client = scope.get("client")
+    peer = client[0] if client else ""
+    headers = scope["headers"]
+    host = b""
+    for key, value in headers:
+        if key == b"host":
+            host = value
+            break
+    host_text = host.decode("latin-1").lower() if valid_host(host) else ""
+    scheme = scope.get("scheme", "http")
+    if scheme == "ws":
+        scheme = "http"
+    elif scheme == "wss":
+        scheme = "https"
+    if not trusted or not _in(peer, trusted):
+        return ClientView(peer, scheme, host_text, False, peer)
+    chain = _values(headers, b"x-forwarded-for")
+    ip = peer
+    # right-most untrusted: each trusted hop vouches only for the address to its left
+    for hop in reversed(chain):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break
+        ip = hop
+        if not _in(hop, trusted):
+            break
+    protos = _values(headers, b"x-forwarded-proto")
+    if protos and protos[-1].lower() in ("http", "https"):
+        scheme = protos[-1].lower()
+    hosts = _values(headers, b"x-forwarded-host")
+    if hosts and valid_host(hosts[-1]):
+        host_text = hosts[-1].lower()
+    forwarded_for = ", ".join([*chain, peer]) if chain else peer
+    return ClientView(ip, scheme, host_text, True, forwarded_for)

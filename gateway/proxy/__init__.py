@@ -1,0 +1,1 @@
+"""The standalone proxy: forwarding to upstreams, websockets, and the upstream client."""

@@ -1,0 +1,1 @@
+"""Serving on uvicorn: the server and its workers, protocol limits, reload, logging."""
