@@ -23,7 +23,9 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench import baseline as revisions
 from bench import procs, setups, wrk
+from bench.baseline import Baseline
 from bench.setups import Target
 
 PY_MODULES = {"gunicorn": "gunicorn", "flask": "flask", "requests": "requests", "jwt": "pyjwt"}
@@ -63,6 +65,7 @@ class Report:
     routes: dict[str, list[dict]] = field(default_factory=dict)
     transfer: dict[str, dict] = field(default_factory=dict)
     idle: dict = field(default_factory=dict)
+    baseline: dict = field(default_factory=dict)  # --baseline: rev, sha, short, pinned
 
 
 def install() -> None:
@@ -123,8 +126,12 @@ def med(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def run_main(work: Path, plan: Plan, report: Report) -> None:
-    """Setups 1-5 at 64 connections, interleaved rounds; then the gateway sweep."""
+def run_main(work: Path, plan: Plan, report: Report, baseline: Baseline | None = None) -> None:
+    """Setups 1-5 at 64 connections, interleaved rounds; then the gateway sweep.
+
+    With a baseline, each gateway setup also runs as that revision, right after the current
+    one in every round (and in the sweep).
+    """
     upstream = setups.start_upstream(work)
     secret = setups.hs256_secret()
     hs_token = setups.mint_hs256(secret)
@@ -140,6 +147,7 @@ def run_main(work: Path, plan: Plan, report: Report) -> None:
     targets += [(haproxy, "/", "bench"), (flask, "/", "bench")]
     path = setups.bench_path(1)
     gateways = {}
+    before = {}
     for algorithm in ("EdDSA", "HS256"):
         for workers in (1, 2):
             name = f"5 gateway {workers}w {algorithm}"
@@ -149,6 +157,20 @@ def run_main(work: Path, plan: Plan, report: Report) -> None:
             gw.name = name
             gateways[(workers, algorithm)] = gw
             targets.append((gw, path, "bench"))
+            if baseline is not None:
+                old = setups.start_gateway(
+                    work,
+                    f"gw-{workers}w-{algorithm}-{baseline.short}",
+                    upstream,
+                    algorithm,
+                    secret,
+                    workers,
+                    gateway=baseline.gateway,
+                    env=revisions.CLEAN_ENV,
+                )
+                old.name = f"{name} {baseline.label}"
+                before[(workers, algorithm)] = old
+                targets.append((old, path, "bench"))
     for target, p, user in targets:
         check(target, p, user)
         # warm pools, caches and JITs before anything is recorded
@@ -159,7 +181,11 @@ def run_main(work: Path, plan: Plan, report: Report) -> None:
             result = measure(target, p, plan.connections, plan.seconds)
             report.main.setdefault(target.name, []).append(result)
             progress(f"round {round_no + 1}/{plan.rounds} {target.name}: {fmt_run(result)}")
-    swept = [gateways[(1, "EdDSA")], gateways[(2, "EdDSA")]]
+    swept = []
+    for workers in (1, 2):
+        swept.append(gateways[(workers, "EdDSA")])
+        if baseline is not None:
+            swept.append(before[(workers, "EdDSA")])
     if plan.sweep_rounds:
         # uvloop serves more req/s, but one worker's tail at 256 connections is long: shown
         plain = setups.start_gateway(
@@ -418,6 +444,61 @@ def md_table(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+def compare_baseline(report: Report) -> list[str]:
+    """Each gateway setup against the same setup as the baseline revision, and the summary."""
+    b = report.baseline
+    label = f"@{b['short']}"
+    rows = [
+        [
+            f"current vs baseline {label}",
+            "req/s",
+            f"{label} req/s",
+            "current/baseline req/s",
+            "p99 ms",
+            f"{label} p99 ms",
+            "current/baseline p99",
+            "rounds current/baseline req/s",
+        ]
+    ]
+    rps_ratios, p99_ratios = [], []
+    for name, runs in report.main.items():
+        old = report.main.get(f"{name} {label}")
+        if old is None:
+            continue
+        rps, old_rps = med(runs, "rps"), med(old, "rps")
+        p99, old_p99 = med(runs, "p99_ms"), med(old, "p99_ms")
+        rps_ratio = rps / old_rps if old_rps else float("nan")
+        p99_ratio = p99 / old_p99 if old_p99 else float("nan")
+        rps_ratios.append(rps_ratio)
+        p99_ratios.append(p99_ratio)
+        rows.append(
+            [
+                name,
+                f"{rps:,.0f}",
+                f"{old_rps:,.0f}",
+                f"{rps_ratio:.2f}x ({rps_ratio - 1:+.1%})",
+                f"{p99:.2f}",
+                f"{old_p99:.2f}",
+                f"{p99_ratio:.2f}x ({p99_ratio - 1:+.1%})",
+                # the two ran back to back in each round: the ratio per round shows the noise
+                " / ".join(
+                    f"{now['rps'] / then['rps']:.2f}x" if then["rps"] else "-"
+                    for now, then in zip(runs, old, strict=False)
+                ),
+            ]
+        )
+    if not rps_ratios:
+        return []
+    summary = (
+        f"current/baseline: {statistics.geometric_mean(rps_ratios):.2f}x req/s, "
+        f"{statistics.geometric_mean(p99_ratios):.2f}x p99 (geometric mean over "
+        f"{len(rps_ratios)} gateway setups; baseline {label} = {b['rev']} {b['sha']}"
+        + ("" if b.get("pinned", True) else ", its own dependency versions")
+        + ")"
+    )
+    return [md_table(rows), "", summary, ""]
+
+
 def render(report: Report, plan: Plan) -> str:
     """The report as Markdown tables (printed, and pasteable into RESULTS.md)."""
     parts = [
@@ -457,6 +538,8 @@ def render(report: Report, plan: Plan) -> str:
                 ]
             )
         parts += [md_table(rows), ""]
+        if report.baseline:
+            parts += compare_baseline(report)
     if report.sweep:
         rows = [["gateway EdDSA", *[f"c={c} req/s (p99 ms)" for c in plan.sweep]]]
         for name, by_conn in report.sweep.items():
@@ -573,6 +656,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write every run to this JSON file")
     parser.add_argument("--no-install", action="store_true", help="do not install missing tools")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run this git revision's gateway (its own venv) beside the current one, "
+        "in the same rounds of main and sweep",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.seconds:
@@ -583,6 +672,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    resolved = None
+    if args.baseline is not None:
+        resolved = revisions.resolve(args.baseline)
+        if resolved is None:
+            parser.error(f"--baseline {args.baseline!r}: no such git revision in {revisions.REPO}")
+        if "main" not in sections:
+            parser.error("--baseline runs beside the main section: add main to --only")
     # a SIGTERM stops the run like Ctrl-C: everything started is stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if not args.no_install:
@@ -603,13 +699,25 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         work.chmod(0o755)  # nginx workers run as nobody and read the sparse file
         try:
+            baseline = None
+            if resolved is not None:
+                baseline = revisions.prepare(args.baseline, *resolved, work, progress=progress)
+                report.baseline = {
+                    "rev": baseline.rev,
+                    "sha": baseline.sha,
+                    "short": baseline.short,
+                    "pinned": baseline.pinned,
+                }
             for section in sections:
                 runner = runners[section]
                 if runner is None:
                     continue
                 if section == "main" and "sweep" not in sections:
                     plan.sweep_rounds = 0
-                runner(work, plan, report)
+                if section == "main":
+                    run_main(work, plan, report, baseline)
+                else:
+                    runner(work, plan, report)
         finally:
             procs.stop_all()
     report.machine["load_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -41,8 +41,18 @@ def _tail(log: Path) -> str:
         return ""
 
 
+def environment(env: dict[str, str | None] | None) -> dict[str, str]:
+    """os.environ with `env` laid over it; a None value removes that variable."""
+    merged = {**os.environ, **(env or {})}
+    return {key: value for key, value in merged.items() if value is not None}
+
+
 def start(
-    args: list[str], log: Path, port: int | None = None, env: dict | None = None, cwd=None
+    args: list[str],
+    log: Path,
+    port: int | None = None,
+    env: dict[str, str | None] | None = None,
+    cwd=None,
 ) -> subprocess.Popen:
     """Start a process (own session, output to `log`) and wait for its port."""
     handle = log.open("ab")
@@ -51,7 +61,7 @@ def start(
         stdout=handle,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
+        env=environment(env),
         cwd=cwd,
         start_new_session=True,
     )
@@ -60,6 +70,41 @@ def start(
     if port is not None:
         wait_port(port, proc, log)
     return proc
+
+
+def run(
+    args: list[str],
+    log: Path,
+    env: dict[str, str | None] | None = None,
+    cwd=None,
+    stdin: str | None = None,
+    timeout: float = 1800,
+) -> None:
+    """Run a command to its end (own process group, output appended to `log`).
+
+    A failure raises RuntimeError with the log's tail; an error, a timeout or Ctrl-C on the
+    way stops the whole group (pip's build backends included).
+    """
+    handle = log.open("ab")
+    proc = subprocess.Popen(
+        args,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        env=environment(env),
+        cwd=cwd,
+        start_new_session=True,
+    )
+    handle.close()
+    _STARTED.append(proc)
+    try:
+        proc.communicate(stdin.encode() if stdin is not None else None, timeout=timeout)
+    except BaseException:
+        stop(proc)
+        raise
+    stop(proc)  # anything it left behind in its group
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args!r} exited with {proc.returncode}:\n{_tail(log)}")
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
 import textwrap
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,7 +248,9 @@ def write_gateway_config(
             users_file = "users.toml"
 
             [session]
+            # the bench user's one login must outlast the run: access_ttl <= max_age
             access_ttl = "12h"
+            max_age = "12h"
 
             [keys]
             """
@@ -258,23 +262,40 @@ def write_gateway_config(
     return config
 
 
-def mint_token(config_path: Path, user: str = "bench") -> str:
-    """A session in the gateway's store and a cookie token for it, minted by the gateway."""
-    from gateway.runtime import build_runtime
-    from gateway.config import load_config
-    from gateway.auth.keys import ensure_key
+def add_user(gateway: Path, config: Path, env: dict | None = None, user: str = "bench") -> str:
+    """`gateway users add` (that gateway's own CLI) with a fresh password; returns the password."""
+    password = secrets.token_urlsafe(18)
+    args = ["users", "add", user, "--roles", "staff", "--password-stdin", "-c", str(config)]
+    procs.run(
+        [str(gateway), *args],
+        config.parent / "users-add.log",
+        env=env,
+        cwd=config.parent,
+        stdin=password + "\n",
+        timeout=120,
+    )
+    return password
 
-    config = load_config(config_path)
-    ensure_key(config.keys.dir, config.keys.algorithm)
-    runtime = build_runtime(config)
 
-    async def create() -> str:
-        session = await runtime.sessions.create(user)
-        token, _ = runtime.tokens.mint_session(user, ("staff",), session.sid)
-        await runtime.store.close()
-        return token
-
-    return asyncio.run(create())
+def login(url: str, password: str, user: str = "bench") -> str:
+    """POST /.auth/login (JSON) to a running gateway; the session token from its Set-Cookie."""
+    request = urllib.request.Request(
+        f"{url}/.auth/login",
+        data=json.dumps({"username": user, "password": password}).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            cookies = reply.headers.get_all("Set-Cookie") or []
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"login at {url}: {exc.code} {exc.read()[:500]!r}") from None
+    for cookie in cookies:
+        name, _, rest = cookie.partition("=")
+        token = rest.split(";", 1)[0].strip()
+        if name.strip() == COOKIE and token:
+            return token
+    raise RuntimeError(f"login at {url}: no {COOKIE} cookie in {cookies!r}")
 
 
 def start_gateway(
@@ -286,25 +307,32 @@ def start_gateway(
     workers: int,
     routes: int = 1,
     variant: str = "",
+    gateway: Path | None = None,
+    env: dict[str, str | None] | None = None,
 ) -> Target:
-    """`gateway run` with this many workers, and a token for its bench user.
+    """`gateway run` with this many workers, and a session token for its bench user.
 
     `variant` runs it through bench.launch with parts of the hot path switched back.
+    `gateway` is another revision's executable (bench.baseline), run with `env` laid over
+    the environment. The bench user is added with that gateway's CLI and logs in over HTTP,
+    so nothing of the gateway is imported here.
     """
     config = write_gateway_config(work, name, upstream, algorithm, secret, routes)
-    token = mint_token(config)
+    cli = gateway or Path(sys.executable).with_name("gateway")
+    password = add_user(cli, config, env)
     port = int(config.read_text().split('listen = "127.0.0.1:', 1)[1].split('"', 1)[0])
     args = ["run", "-c", str(config), "--workers", str(workers)]
-    env = None
     if variant:
+        assert gateway is None, "variants patch this checkout's gateway"
         variant = "" if variant == "none" else variant
         assert workers == 1, "variants patch the serving process: one worker only"
         cmd = [sys.executable, "-m", "bench.launch", *args]
         env = {"BENCH_VARIANT": variant, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     else:
-        cmd = [str(Path(sys.executable).with_name("gateway")), *args]
+        cmd = [str(cli), *args]
     proc = procs.start(cmd, config.parent / "gateway.log", port, env=env, cwd=config.parent)
-    return Target(name, f"http://127.0.0.1:{port}", proc, f"{COOKIE}={token}")
+    url = f"http://127.0.0.1:{port}"
+    return Target(name, url, proc, f"{COOKIE}={login(url, password)}")
 
 
 def hs256_secret() -> str:

@@ -56,3 +56,39 @@ def test_the_benchmark_runs_end_to_end_and_stops_what_it_started(tmp_path: Path)
     # everything it started is gone: no process still runs from its temporary directory
     leftover = subprocess.run(["pgrep", "-f", "gateway-bench-"], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", leftover.stdout
+
+
+def test_the_benchmark_runs_a_baseline_revision_in_the_same_rounds(tmp_path: Path):
+    for tool in ("wrk", "nginx", "haproxy", "curl", "git"):
+        need(tool, shutil.which(tool) is not None, "the benchmark drives it")
+    for module in ("gunicorn", "requests", "flask"):
+        need(module, importlib.util.find_spec(module) is not None, "pip install -e '.[bench]'")
+    bad = subprocess.run(
+        [sys.executable, "-m", "bench", "--no-install", "--baseline", "no-such-rev"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "no such git revision" in bad.stderr, bad.stderr
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench", "--quick", "--no-install", "--only", "main"),
+            *("--baseline", "HEAD", "--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(out.read_text())
+    short = report["baseline"]["short"]
+    twins = {f"5 gateway {w}w {a} @{short}" for w in (1, 2) for a in ("EdDSA", "HS256")}
+    assert twins <= set(report["main"])
+    for name in twins:
+        assert all(r["requests"] > 0 and r["errors"] == 0 for r in report["main"][name]), name
+    assert "current/baseline:" in done.stdout
+    leftover = subprocess.run(["pgrep", "-f", "gateway-bench-"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", leftover.stdout
