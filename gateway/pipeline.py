@@ -41,13 +41,17 @@ def websocket_denial(scope: dict, send: Send) -> Send:
     return deny
 
 
-def with_cookies(send: Send, cookies: list[str]) -> Send:
-    """A `send` that adds these Set-Cookie values to the response (or the websocket accept)."""
+def with_cookies(send: Send, cookies: list[str], ours: bytes) -> Send:
+    """A `send` that adds these Set-Cookie values to the response (or the websocket accept),
+    unless the response sets our cookie itself (a sign-in answering a stale cookie)."""
 
     async def send_with_cookies(message: dict) -> None:
-        if message["type"] in ("http.response.start", "websocket.accept"):
-            extra = [(b"set-cookie", c.encode("latin-1")) for c in cookies]
-            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        if cookies and message["type"] in ("http.response.start", "websocket.accept"):
+            headers = message.get("headers", ())
+            # a clear after the fresh cookie would sign the browser out again: a sign-in loop
+            if not any(k == b"set-cookie" and v.startswith(ours) for k, v in headers):
+                extra = [(b"set-cookie", c.encode("latin-1")) for c in cookies]
+                message = {**message, "headers": [*headers, *extra]}
         await send(message)
 
     return send_with_cookies
@@ -61,6 +65,7 @@ class Pipeline:
         self.endpoints = endpoints
         self.allowed = allowed
         self.prefix = core.prefix
+        self.ours = core.authn.cookies.name.encode("latin-1") + b"="
 
     async def __call__(self, scope: dict, receive: Callable, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -71,8 +76,9 @@ class Pipeline:
         if ctx is not None:
             # the access log, outside this step, finds the context in the scope it passed in
             scope[SCOPE_KEY] = ctx
-            if ctx.set_cookies:
-                send = with_cookies(send, ctx.set_cookies)
+            # an endpoint may still add one (/verify identifies again for some routes)
+            if ctx.set_cookies or ctx.endpoint:
+                send = with_cookies(send, ctx.set_cookies, self.ours)
         if decision.refusal is not None:
             head = scope.get("method") == "HEAD"
             await send_refusal(send, decision.refusal, head=head, prefix=self.prefix)

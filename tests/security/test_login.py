@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import time
@@ -10,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.security.attack import fresh_ip, nothing_forwarded
+from tests.conftest import USERS
+from tests.security.attack import fresh_ip, nothing_forwarded, request
 
 
 def _login(gw, username, password, ip=None, **kwargs) -> httpx.Response:
@@ -177,3 +179,22 @@ def test_a_login_flood_is_answered_and_the_gateway_stays_up(trusted_gw, upstream
     with httpx.Client(base_url=trusted_gw.url, trust_env=False) as client:
         assert client.get("/.auth/health").status_code == 200
     assert nothing_forwarded(upstream)
+
+
+@pytest.mark.parametrize(
+    "stale",
+    ["garbage", "eyJhbGciOiJub25lIn0.e30.", "a.b.c"],
+    ids=["garbage", "alg none", "three parts"],
+)
+def test_a_sign_in_over_a_stale_cookie_leaves_only_the_fresh_one(gw, stale):
+    # the refused old cookie's clear must not follow the new cookie: that is a sign-in loop
+    response = request(
+        gw,
+        "POST",
+        "/.auth/login",
+        [("Content-Type", "application/json"), ("Cookie", f"gw_session={stale}")],
+        body=json.dumps({"username": "alice", "password": USERS["alice"][0]}).encode(),
+    )
+    assert response.status == 200
+    ours = [c for c in response.header("set-cookie") if c.startswith("gw_session=")]
+    assert len(ours) == 1 and not ours[0].startswith("gw_session=;"), ours
