@@ -13,7 +13,6 @@ import socket
 import threading
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-import httpx
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -61,20 +60,6 @@ def observe_request(route: str, status: int, seconds: float) -> None:
     code = str(status)
     REQUESTS.labels(route, code).inc()
     LATENCY.labels(route, code).observe(seconds)
-
-
-def upstream_error_kind(exc: BaseException) -> str:
-    """connect, timeout or other, for an httpx failure."""
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    if isinstance(exc, httpx.ConnectError):
-        return "connect"
-    return "other"
-
-
-def upstream_error(route: str, exc: BaseException) -> None:
-    """Count an upstream failure of a route."""
-    upstream_failure(route, upstream_error_kind(exc))
 
 
 def upstream_failure(route: str, kind: str) -> None:
@@ -155,12 +140,14 @@ class AdminListener:
         self.server.server_close()
 
 
-def start_admin_listener(listen: str) -> AdminListener | None:
-    """Serve /metrics on `host:port`; None (logged) when the address cannot be bound."""
-    host, _, port = listen.rpartition(":")
+def start_admin_listener(host: str, port: int) -> AdminListener | None:
+    """Serve /metrics on host and port (server.admin_listen, parsed once by the config).
+
+    None (logged) when the address cannot be bound.
+    """
     try:
-        return AdminListener(host.strip("[]"), int(port))
+        return AdminListener(host, port)
     except OSError as exc:
         # metrics are a side door: a taken admin port must not stop the gateway serving traffic
-        log.error("metrics listener not started on %s: %s", listen, exc.strerror or exc)
+        log.error("metrics listener not started on %s port %d: %s", host, port, exc.strerror or exc)
         return None

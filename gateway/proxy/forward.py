@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
-
-import httpx
+from urllib.parse import quote, urlsplit
 
 from gateway import metrics
 from gateway.config import Config, Route
@@ -14,9 +13,13 @@ from gateway.core.ingress import Header
 from gateway.core.nexthop import NextHop, cookie_names, response_headers
 from gateway.core.responses import send_error
 from gateway.core.routing import encode_path, strip_route_prefix
+from gateway.proxy.client.errors import UpstreamError, UpstreamTimeout
 from gateway.proxy.client.pool import UpstreamPool
 
 log = logging.getLogger("gateway.proxy")
+
+# what an upstream URL's path keeps as written (its %XX too); the rest is percent-encoded
+_BASE_PATH_SAFE = "!$%&'()*+,/:;=@[\\]^|"
 
 
 def build_clients(config: Config) -> dict[str, UpstreamPool]:
@@ -68,10 +71,7 @@ class Forward:
         self.nexthop = nexthop
         self.ours = cookie_names(config)
         # the upstream URL's own path, percent-encoded once: the forwarded path goes below it
-        self.base_path = {
-            route.name: httpx.URL(route.upstream).raw_path.split(b"?", 1)[0].rstrip(b"/")
-            for route in config.routes
-        }
+        self.base_path = {route.name: upstream_base_path(route.upstream) for route in config.routes}
 
     async def __call__(self, scope, receive, send) -> None:
         ctx = context_of(scope)
@@ -84,13 +84,13 @@ class Forward:
             response = await client.send(method, target, headers, body, length, route.timeout)
         except ClientGone:
             return
-        except httpx.TimeoutException as exc:
+        except UpstreamTimeout as exc:
             log.warning("upstream timeout route=%s request_id=%s", route.name, ctx.request_id)
-            metrics.upstream_error(route.name, exc)
+            metrics.upstream_failure(route.name, exc.kind)
             await send_error(send, 504, "upstream_timeout", "The upstream did not answer in time.")
             return
-        except httpx.HTTPError as exc:
-            metrics.upstream_error(route.name, exc)
+        except UpstreamError as exc:
+            metrics.upstream_failure(route.name, exc.kind)
             log.warning(
                 "upstream unreachable route=%s kind=%s request_id=%s",
                 route.name,
@@ -117,9 +117,9 @@ class Forward:
                 await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
             if not ended:
                 await send({"type": "http.response.body", "body": b""})
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             # the status line is gone already: all we can do is cut the response short
-            metrics.upstream_error(route.name, exc)
+            metrics.upstream_failure(route.name, exc.kind)
             log.warning(
                 "upstream failed mid-response route=%s kind=%s request_id=%s",
                 route.name,
@@ -150,6 +150,18 @@ class Forward:
         elif _chunked(scope["headers"]):
             content = _RequestBody(receive)
         return target, headers, content, length
+
+
+def upstream_base_path(upstream: str) -> bytes:
+    """The path of a route's upstream URL, dot-segments resolved, percent-encoded once."""
+    segments: list[str] = []
+    for segment in urlsplit(upstream).path.split("/"):
+        if segment == "..":
+            if len(segments) > 1:
+                segments.pop()
+        elif segment != ".":
+            segments.append(segment)
+    return quote("/".join(segments), safe=_BASE_PATH_SAFE).rstrip("/").encode("ascii")
 
 
 def _content_length(headers) -> int | None:

@@ -130,7 +130,7 @@ def _serve(config: Config, workers: int) -> None:
     # a SIGHUP before the app installs its reload handler must not end the process (nor,
     # inherited, a worker still starting)
     previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    admin = start_admin_listener(config.server.admin_listen)
+    admin = start_admin_listener(config.server.admin_host, config.server.admin_port)
     print(startup_summary(config, workers), flush=True)
     try:
         _run_uvicorn(config, workers)

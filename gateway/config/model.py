@@ -1,0 +1,172 @@
+"""The config model: frozen dataclasses, the only place a default is written."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+# the fixed choices, written once: validation lists these very values in its errors
+UsersSource = Literal["file", "sql"]
+SameSite = Literal["lax", "strict", "none"]
+Revocation = Literal["lazy", "strict"]
+Algorithm = Literal["EdDSA", "ES256", "RS256", "HS256"]
+RouteAuth = Literal["public", "optional", "required"]
+SecureAuto = Literal["auto"]
+
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
+def local_url(port: int) -> str:
+    """The public URL assumed when none is configured: plain http on localhost."""
+    return f"http://localhost:{port}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where the gateway listens and how it names itself."""
+
+    listen: str = "127.0.0.1:8000"
+    # `listen`, parsed once by validation: what the public socket binds
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = local_url(8000)  # unset: local_url(port)
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    admin_listen: str = "127.0.0.1:9100"
+    # `admin_listen`, parsed once by validation: what the metrics listener binds
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9100
+    allowed_origins: tuple[str, ...] = ()
+    # protocol limits enforced by gateway/serve/protocol.py (uvicorn's httptools mode has none)
+    max_request_line: int = 8192
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    # bounds on an upstream's response head, enforced by the upstream client's pool
+    max_response_header_bytes: int = 65536
+    max_response_headers: int = 100
+
+
+@dataclass(frozen=True)
+class SqlUsersConfig:
+    """An existing database that holds the users (`auth.users = "sql"`)."""
+
+    dsn: str = ""
+    query: str = ""
+    roles_query: str = ""
+    allow_weak_hashes: bool = False
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """The gateway's own endpoints and where credentials live."""
+
+    prefix: str = "/.auth"
+    users: UsersSource = "file"
+    users_file: Path = Path("users.toml")  # relative: to the config file's folder
+    sql: SqlUsersConfig = field(default_factory=SqlUsersConfig)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """The cookie and the lifetimes of token and session."""
+
+    cookie: str = "gw_session"
+    access_ttl: float = 900.0
+    max_age: float = 7 * 86400.0
+    idle_timeout: float = 86400.0
+    same_site: SameSite = "lax"
+    secure: SecureAuto | bool = "auto"
+    revocation: Revocation = "lazy"
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    """How tokens are signed."""
+
+    algorithm: Algorithm = "EdDSA"
+    dir: Path = Path("data/keys")  # relative: to the config file's folder
+    secret: str = ""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where sessions and counters live."""
+
+    url: str = "sqlite:///data/gateway.db"
+
+
+@dataclass(frozen=True)
+class LoginLimitsConfig:
+    """Brute-force limits on login."""
+
+    max_failures: int = 5
+    window: float = 300.0
+    lockout: float = 900.0
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """The headers the upstream receives."""
+
+    user_header: str = "X-User-Id"
+    roles_header: str = "X-User-Roles"
+    assertion_header: str = "X-Gateway-Assertion"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One `[[routes]]` entry: which requests, which upstream, which policy."""
+
+    name: str
+    path: str
+    upstream: str  # "" when loaded for the ASGI/WSGI middleware, whose app takes its place
+    host: str | None = None
+    auth: RouteAuth = "required"
+    roles: tuple[str, ...] = ()
+    methods: frozenset[str] | None = None
+    strip_prefix: bool = False
+    timeout: float = 30.0
+    case_sensitive: bool = False
+    preserve_host: bool = False
+    strip_headers: tuple[str, ...] = ()
+    bearer: bool = True
+    websocket: bool = True
+    # unset keys: the top-level [identity] section's
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the gateway needs, validated; paths already resolved against the file."""
+
+    server: ServerConfig
+    auth: AuthConfig
+    session: SessionConfig
+    keys: KeysConfig
+    store: StoreConfig
+    login_limits: LoginLimitsConfig
+    identity: IdentityConfig
+    routes: tuple[Route, ...]
+    base_dir: Path
+    source: Path | None = None
+
+    @property
+    def cookie_secure(self) -> bool:
+        """Secure cookies unless told otherwise or serving plain http on localhost."""
+        if isinstance(self.session.secure, bool):
+            return self.session.secure
+        parts = urlsplit(self.server.public_url)
+        local = parts.hostname in {"localhost", "127.0.0.1", "::1"}
+        return not (parts.scheme == "http" and local)
+
+    @property
+    def cookie_name(self) -> str:
+        """The cookie's name: `__Host-` prefixed when Secure (we never set Domain)."""
+        if self.cookie_secure:
+            return "__Host-" + self.session.cookie
+        return self.session.cookie

@@ -1,0 +1,358 @@
+"""Validation: a parsed gateway.toml becomes a Config, or every bad field is named at once.
+
+Each table is read against the dataclass it becomes: a key left out takes that field's default
+from gateway/config/model.py, so no default is written here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from gateway.auth.secret_strength import weakness
+from gateway.config import values as v
+from gateway.config.model import (
+    Algorithm,
+    AuthConfig,
+    Config,
+    IdentityConfig,
+    KeysConfig,
+    LoginLimitsConfig,
+    Revocation,
+    Route,
+    RouteAuth,
+    SameSite,
+    ServerConfig,
+    SessionConfig,
+    SqlUsersConfig,
+    StoreConfig,
+    UsersSource,
+    local_url,
+)
+from gateway.core.casefold import ascii_lower
+
+_SECTIONS = ("server", "auth", "session", "keys", "store", "login_limits", "identity")
+_FROM_MODEL: Any = object()  # get()'s default: the model field's own default
+
+
+class ConfigError(Exception):
+    """The config is invalid; `errors` holds one line per problem, each naming its field path."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def model_defaults(model: type) -> dict[str, Any]:
+    """The defaults a config dataclass declares, by field name (required fields left out)."""
+    out: dict[str, Any] = {}
+    for spec in fields(model):
+        if spec.default is not MISSING:
+            out[spec.name] = spec.default
+        elif spec.default_factory is not MISSING:
+            out[spec.name] = spec.default_factory()
+    return out
+
+
+class _Reader:
+    """Reads one table of the raw config, recording errors instead of raising on the first.
+
+    A key left out takes the default declared on `model`, the dataclass the table becomes.
+    """
+
+    def __init__(
+        self, raw: object, path: str, errors: list[str], model: type | None = None
+    ) -> None:
+        self.path = path
+        self.errors = errors
+        self.defaults = model_defaults(model) if model is not None else {}
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            self.fail(path, raw, "must be a table")
+            raw = {}
+        self.raw: dict[str, Any] = raw
+        self.seen: set[str] = set()
+
+    def fail(self, path: str, value: object, why: str) -> None:
+        self.errors.append(f"{path}: {_show(value)} {why}")
+
+    def field_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, convert: Callable[[Any], Any], default: Any = _FROM_MODEL) -> Any:
+        self.seen.add(key)
+        if default is _FROM_MODEL:
+            default = self.defaults[key]
+        if key not in self.raw:
+            return default
+        value = self.raw[key]
+        where = self.field_path(key)
+        if any(error.startswith(f"{where}: environment variable") for error in self.errors):
+            return default  # already reported: the variable it needs is not set
+        try:
+            return convert(value)
+        except ValueError as exc:
+            self.fail(where, value, str(exc))
+            return default
+
+    def finish(self) -> None:
+        for key in self.raw:
+            if key not in self.seen:
+                self.errors.append(f"{self.field_path(key)}: unknown key")
+
+
+def _show(value: object) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
+
+
+def validate_config(
+    raw: dict[str, Any],
+    base_dir: Path,
+    errors: list[str] | None = None,
+    source: Path | None = None,
+    *,
+    require_upstream: bool = True,
+) -> Config:
+    """Check an interpolated TOML document against the model; raise ConfigError listing all.
+
+    `errors` may already hold what loading found (an unset ${VAR}): those fields are skipped
+    here, and every line is reported. Relative paths are taken from `base_dir`.
+    """
+    errors = [] if errors is None else errors
+    top = _Reader(raw, "", errors)
+    top.seen.update(_SECTIONS)
+    server = _server(_Reader(raw.get("server"), "server", errors, ServerConfig))
+    auth = _auth(_Reader(raw.get("auth"), "auth", errors, AuthConfig), base_dir)
+    session = _session(_Reader(raw.get("session"), "session", errors, SessionConfig))
+    keys = _keys(_Reader(raw.get("keys"), "keys", errors, KeysConfig), base_dir)
+
+    r = _Reader(raw.get("store"), "store", errors, StoreConfig)
+    store = StoreConfig(url=r.get("url", v.store_url))
+    r.finish()
+
+    r = _Reader(raw.get("login_limits"), "login_limits", errors, LoginLimitsConfig)
+    limits = LoginLimitsConfig(
+        max_failures=r.get("max_failures", v.positive_int),
+        window=r.get("window", v.positive_duration),
+        lockout=r.get("lockout", v.positive_duration),
+    )
+    r.finish()
+
+    r = _Reader(raw.get("identity"), "identity", errors, IdentityConfig)
+    identity = _identity(r)
+    r.finish()
+
+    routes = _routes(raw.get("routes"), identity, auth.prefix, errors, require_upstream)
+    top.seen.add("routes")
+    top.finish()
+    if errors:
+        raise ConfigError(errors)
+    return Config(
+        server=server,
+        auth=auth,
+        session=session,
+        keys=keys,
+        store=store,
+        login_limits=limits,
+        identity=identity,
+        routes=routes,
+        base_dir=base_dir,
+        source=source,
+    )
+
+
+def _server(r: _Reader) -> ServerConfig:
+    listen, host, port = _address(r, "listen", "host", "port")
+    public_url = r.get("public_url", v.http_url, default=local_url(port))
+    trusted_proxies = r.get("trusted_proxies", v.networks)
+    admin_listen, admin_host, admin_port = _address(r, "admin_listen", "admin_host", "admin_port")
+    server = ServerConfig(
+        listen=listen,
+        host=host,
+        port=port,
+        public_url=public_url,
+        trusted_proxies=trusted_proxies,
+        admin_listen=admin_listen,
+        admin_host=admin_host,
+        admin_port=admin_port,
+        allowed_origins=r.get("allowed_origins", v.origins),
+        max_request_line=r.get("max_request_line", v.positive_int),
+        max_header_bytes=r.get("max_header_bytes", v.positive_int),
+        max_headers=r.get("max_headers", v.positive_int),
+        header_timeout=r.get("header_timeout", v.positive_duration),
+        max_response_header_bytes=r.get("max_response_header_bytes", v.positive_int),
+        max_response_headers=r.get("max_response_headers", v.positive_int),
+    )
+    r.finish()
+    return server
+
+
+def _address(r: _Reader, key: str, host_field: str, port_field: str) -> tuple[str, str, int]:
+    """One "host:port" key, kept as written and as the host and port fields it fills."""
+    default = (r.defaults[key], r.defaults[host_field], r.defaults[port_field])
+    return r.get(key, v.listen, default=default)
+
+
+def _auth(r: _Reader, base_dir: Path) -> AuthConfig:
+    prefix = r.get("prefix", v.prefix)
+    users = r.get("users", v.one_of(UsersSource))
+    users_file = base_dir / r.get("users_file", v.file_path)
+    r.seen.add("sql")
+    s = _Reader(r.raw.get("sql"), "auth.sql", r.errors, SqlUsersConfig)
+    sql = SqlUsersConfig(
+        dsn=s.get("dsn", v.nonempty),
+        query=s.get("query", v.nonempty),
+        roles_query=s.get("roles_query", v.string),
+        allow_weak_hashes=s.get("allow_weak_hashes", v.boolean),
+    )
+    s.finish()
+    errors = r.errors
+    if users == "sql":
+        if not sql.dsn:
+            errors.append('auth.sql.dsn: missing; users = "sql" needs a database URL')
+        if not sql.query:
+            errors.append('auth.sql.query: missing; users = "sql" needs a query with :username')
+        elif ":username" not in sql.query:
+            errors.append(f"auth.sql.query: {sql.query!r} does not use the :username parameter")
+        if sql.dsn and (problem := v.sql_dsn_problem(sql.dsn)):
+            errors.append(f"auth.sql.dsn: {problem}")
+    auth = AuthConfig(prefix=prefix, users=users, users_file=users_file, sql=sql)
+    r.finish()
+    return auth
+
+
+def _session(r: _Reader) -> SessionConfig:
+    session = SessionConfig(
+        cookie=r.get("cookie", v.cookie_name),
+        access_ttl=r.get("access_ttl", v.positive_duration),
+        max_age=r.get("max_age", v.positive_duration),
+        idle_timeout=r.get("idle_timeout", v.positive_duration),
+        same_site=r.get("same_site", v.one_of(SameSite)),
+        secure=r.get("secure", v.secure),
+        revocation=r.get("revocation", v.one_of(Revocation)),
+    )
+    r.finish()
+    if session.access_ttl > session.max_age:
+        r.errors.append(
+            f"session.access_ttl: {session.access_ttl:g}s is longer than "
+            f"session.max_age ({session.max_age:g}s)"
+        )
+    return session
+
+
+def _keys(r: _Reader, base_dir: Path) -> KeysConfig:
+    keys = KeysConfig(
+        algorithm=r.get("algorithm", v.one_of(Algorithm)),
+        dir=base_dir / r.get("dir", v.file_path),
+        secret=r.get("secret", v.string),
+    )
+    r.finish()
+    weak = weakness(keys.secret) if keys.algorithm == "HS256" else None
+    if weak:
+        # a guessable secret lets anyone sign a token as any user, offline
+        r.errors.append(
+            f"keys.secret: {weak}; make one with `gateway keys secret` and set it from the "
+            'environment, e.g. "${GATEWAY_SECRET}"'
+        )
+    if keys.algorithm != "HS256" and keys.secret:
+        r.errors.append(f"keys.secret: only used with HS256, not {keys.algorithm!r}; remove it")
+    return keys
+
+
+def _identity(r: _Reader, inherited: IdentityConfig | None = None) -> IdentityConfig:
+    """The identity headers; unset keys take `inherited` (a route's: [identity]) or the model's."""
+
+    def unset(name: str) -> Any:
+        return _FROM_MODEL if inherited is None else getattr(inherited, name)
+
+    return IdentityConfig(
+        user_header=r.get("user_header", v.header_name, unset("user_header")),
+        roles_header=r.get("roles_header", v.optional_header_name, unset("roles_header")),
+        assertion_header=r.get(
+            "assertion_header", v.optional_header_name, unset("assertion_header")
+        ),
+    )
+
+
+def _routes(
+    raw: object,
+    identity: IdentityConfig,
+    prefix: str,
+    errors: list[str],
+    require_upstream: bool = True,
+) -> tuple[Route, ...]:
+    if raw is None:
+        errors.append("routes: missing; add at least one [[routes]] table")
+        return ()
+    if not isinstance(raw, list) or not raw:
+        errors.append("routes: must be a non-empty list of [[routes]] tables")
+        return ()
+    routes: list[Route] = []
+    seen_names: dict[str, int] = {}
+    seen_places: dict[tuple[str | None, str], int] = {}
+    for index, item in enumerate(raw):
+        path = f"routes[{index}]"
+        r = _Reader(item, path, errors, Route)
+        before = len(errors)
+        # name, path and upstream have no default: a missing one is an error, reported below
+        name = r.get("name", v.route_name, default=f"route{index}")
+        route_path = r.get("path", v.route_path, default=None)
+        upstream = r.get("upstream", v.http_url, default=None)
+        if "path" not in r.raw:
+            errors.append(f"{path}.path: missing")
+        if "upstream" not in r.raw and require_upstream:
+            errors.append(f"{path}.upstream: missing")
+        if "name" not in r.raw:
+            errors.append(f"{path}.name: missing")
+        auth = r.get("auth", v.one_of(RouteAuth))
+        roles = r.get("roles", v.string_list)
+        if roles and auth != "required":
+            errors.append(f'{path}.roles: roles need auth = "required", not {auth!r}')
+        # a route may override the [identity] headers with the same keys
+        route_identity = _identity(r, identity)
+        route = Route(
+            name=name,
+            path=route_path or "/",
+            upstream=upstream or "",
+            host=r.get("host", v.host),
+            auth=auth,
+            roles=roles,
+            methods=r.get("methods", v.methods),
+            strip_prefix=r.get("strip_prefix", v.boolean),
+            timeout=r.get("timeout", v.positive_duration),
+            case_sensitive=r.get("case_sensitive", v.boolean),
+            preserve_host=r.get("preserve_host", v.boolean),
+            strip_headers=r.get("strip_headers", v.header_names),
+            bearer=r.get("bearer", v.boolean),
+            websocket=r.get("websocket", v.boolean),
+            identity=route_identity,
+        )
+        r.finish()
+        if len(errors) > before:
+            continue
+        if name in seen_names:
+            errors.append(f"{path}.name: {name!r} is already used by routes[{seen_names[name]}]")
+        seen_names[name] = index
+        place = (route.host, route.path if route.case_sensitive else ascii_lower(route.path))
+        if place in seen_places:
+            errors.append(
+                f"{path}.path: {route.path!r} is already routed by routes[{seen_places[place]}]"
+            )
+        seen_places[place] = index
+        if _under(route.path, prefix):
+            errors.append(
+                f"{path}.path: {route.path!r} is inside auth.prefix {prefix!r}, "
+                "which the gateway serves itself"
+            )
+        routes.append(route)
+    return tuple(routes)
+
+
+def _under(path: str, prefix: str) -> bool:
+    p, q = ascii_lower(path), ascii_lower(prefix)
+    return p == q or p.startswith(q + "/")
