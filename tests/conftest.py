@@ -230,6 +230,58 @@ def add_users(users_file: Path, users: dict | None = None) -> None:
         set_user(users_file, name, password, roles)
 
 
+def make_gateway(
+    directory: Path,
+    routes: str,
+    extra: str = "",
+    users: dict | None = USERS,
+    store: str | None = None,
+    args: tuple[str, ...] = (),
+    env: dict | None = None,
+) -> Gateway:
+    """A gateway started from a config written in `directory`, on a free port.
+
+    `routes` and `extra` are TOML as write_config takes them; `users` go into users.toml
+    (None: no users file at all); `args` follow `gateway run`, `env` adds to the environment.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = write_config(directory, port, routes, extra, store)
+    if users:
+        add_users(directory / "users.toml", users)
+    return start_gateway(config, port, args, env)
+
+
+class GatewayFactory:
+    """Starts gateways (make_gateway's arguments) and stops every one it started."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp = tmp_path_factory
+        self.started: list[Gateway] = []
+
+    def __call__(self, directory: Path | None = None, **options) -> Gateway:
+        """A running gateway; its directory is a fresh temporary one unless given."""
+        gateway = make_gateway(directory or self._tmp.mktemp("gw"), **options)
+        self.started.append(gateway)
+        return gateway
+
+    def stop_all(self) -> None:
+        for gateway in reversed(self.started):
+            gateway.stop()
+        self.started.clear()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path_factory) -> Iterator[GatewayFactory]:
+    """Start gateways in a test; each is stopped when the test ends (stopping early is fine).
+
+    Module- and session-scoped fixtures call make_gateway and stop it after their yield.
+    """
+    factory = GatewayFactory(tmp_path_factory)
+    yield factory
+    factory.stop_all()
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[RecordingUpstream]:
     server = RecordingUpstream(slow_seconds=3.0)
@@ -239,11 +291,7 @@ def upstream() -> Iterator[RecordingUpstream]:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, upstream) -> Iterator[Gateway]:
-    directory = tmp_path_factory.mktemp("gw")
-    port = free_port()
     routes = standard_routes(upstream.url, f"http://127.0.0.1:{closed_port()}")
-    config = write_config(directory, port, routes)
-    add_users(directory / "users.toml")
-    gw = start_gateway(config, port)
+    gw = make_gateway(tmp_path_factory.mktemp("gw"), routes)
     yield gw
     gw.stop()

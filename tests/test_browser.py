@@ -15,15 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.conftest import (
-    USERS,
-    Gateway,
-    add_users,
-    free_port,
-    start_gateway,
-    wait_port,
-    write_config,
-)
+from tests.conftest import USERS, Gateway, free_port, make_gateway, wait_port
 from tests.services import need
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -60,8 +52,6 @@ def legacy_app() -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, legacy_app: int) -> Iterator[Gateway]:
-    directory = tmp_path_factory.mktemp("browser")
-    port = free_port()
     routes = textwrap.dedent(
         f"""
         [[routes]]
@@ -71,9 +61,7 @@ def gw(tmp_path_factory, legacy_app: int) -> Iterator[Gateway]:
         auth = "required"
         """
     )
-    config = write_config(directory, port, routes)
-    add_users(directory / "users.toml")
-    gateway = start_gateway(config, port)
+    gateway = make_gateway(tmp_path_factory.mktemp("browser"), routes)
     yield gateway
     gateway.stop()
 

@@ -370,22 +370,16 @@ def test_request_body_and_query_are_forwarded(gateway: Gateway, upstream: Record
     assert body["body"] == "hello=world"
 
 
-def test_no_route_is_404(tmp_path, upstream):
-    from tests.conftest import free_port, start_gateway, write_config
-
-    port = free_port()
+def test_no_route_is_404(gateway_factory, upstream):
     routes = (
         f'[[routes]]\nname = "only"\npath = "/only"\nupstream = "{upstream.url}"\nauth = "public"\n'
     )
-    gw = start_gateway(write_config(tmp_path, port, routes), port)
-    try:
-        response = gw.client().get("/other")
-        assert response.status_code == 404
-        assert response.json() == {"error": "not_found", "detail": "No route matches this path."}
-        assert gw.client().get("/onlyx").status_code == 404
-        assert gw.client().get("/only/x").status_code == 200
-    finally:
-        gw.stop()
+    gw = gateway_factory(routes=routes, users=None)
+    response = gw.client().get("/other")
+    assert response.status_code == 404
+    assert response.json() == {"error": "not_found", "detail": "No route matches this path."}
+    assert gw.client().get("/onlyx").status_code == 404
+    assert gw.client().get("/only/x").status_code == 200
 
 
 def test_json_error_bodies_are_json(gateway: Gateway):

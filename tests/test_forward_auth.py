@@ -23,16 +23,7 @@ import pytest
 
 from gateway.config import AuthConfig, IdentityConfig
 from gateway.core.nexthop import canonical
-from tests.conftest import (
-    ROOT,
-    USERS,
-    Gateway,
-    add_users,
-    free_port,
-    start_gateway,
-    wait_port,
-    write_config,
-)
+from tests.conftest import ROOT, USERS, Gateway, free_port, make_gateway, wait_port
 from tests.rawhttp import get as raw_get
 from tests.services import need
 from tests.upstream import Recorded, RecordingUpstream
@@ -269,7 +260,7 @@ def front(request, tmp_path_factory, upstream: RecordingUpstream) -> Iterator[Fr
     available = nginx_binary() if kind == "nginx" else shutil.which("caddy")
     need(kind, available is not None, f"no {kind} binary (apt-get install {kind})")
     directory = tmp_path_factory.mktemp(kind)
-    port, gw_port = free_port(), free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     app = upstream.url.removeprefix("http://")
     # the gateway names the proxy's origin: redirects and the cookie are for that site
@@ -281,17 +272,14 @@ def front(request, tmp_path_factory, upstream: RecordingUpstream) -> Iterator[Fr
         [session]
         revocation = "strict"
         """
-    gw_dir = directory / "gateway"
-    gw_dir.mkdir()
-    config = write_config(gw_dir, gw_port, gateway_routes(upstream.url), extra, "memory://")
-    add_users(gw_dir / "users.toml")
-    gateway = start_gateway(config, gw_port)
+    routes = gateway_routes(upstream.url)
+    gateway = make_gateway(directory / "gateway", routes, extra, store="memory://")
     proc = None
     try:
         if kind == "nginx":
-            proc = start_nginx(nginx_config(directory, port, gw_port, app), port)
+            proc = start_nginx(nginx_config(directory, port, gateway.port, app), port)
         else:
-            proc = start_caddy(caddy_config(directory, port, gw_port, app), port)
+            proc = start_caddy(caddy_config(directory, port, gateway.port, app), port)
         yield Front(kind, url, port, gateway, upstream, directory)
     finally:
         if proc is not None:

@@ -24,10 +24,9 @@ from gateway.auth.keys import load_keys
 from tests.conftest import (
     USERS,
     Gateway,
-    add_users,
     closed_port,
     free_port,
-    start_gateway,
+    make_gateway,
     wait_port,
     write_config,
 )
@@ -192,8 +191,7 @@ def recording() -> Iterator[RecordingUpstream]:
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory, recording) -> Iterator[tuple[Gateway, int]]:
-    directory = tmp_path_factory.mktemp("ops")
-    port, admin = free_port(), free_port()
+    admin = free_port()
     table = routes(
         pub=recording.url,
         download=recording.url,
@@ -208,9 +206,8 @@ def observed(tmp_path_factory, recording) -> Iterator[tuple[Gateway, int]]:
         [login_limits]
         max_failures = 2
     """
-    config = write_config(directory, port, table, extra)
-    add_users(directory / "users.toml", {**USERS, "carol": ("carol-password-1", ())})
-    gateway = start_gateway(config, port)
+    users = {**USERS, "carol": ("carol-password-1", ())}
+    gateway = make_gateway(tmp_path_factory.mktemp("ops"), table, extra, users=users)
     yield gateway, admin
     gateway.stop()
 
@@ -336,13 +333,12 @@ def test_access_log_has_every_field_and_no_secret(observed, recording):
 # -- SIGTERM -----------------------------------------------------------------------------
 
 
-def test_sigterm_lets_a_streaming_response_finish_then_exits_0(tmp_path, trickle):
+def test_sigterm_lets_a_streaming_response_finish_then_exits_0(gateway_factory, trickle):
     trickle.release.clear()
     trickle.started.clear()
-    port = free_port()
     extra = f'[server]\nadmin_listen = "127.0.0.1:{free_port()}"'
-    config = write_config(tmp_path, port, routes(stream=trickle.url), extra)
-    gateway = start_gateway(config, port)
+    gateway = gateway_factory(routes=routes(stream=trickle.url), extra=extra, users=None)
+    port = gateway.port
     try:
         in_flight = InFlight(gateway, trickle)
         gateway.proc.send_signal(signal.SIGTERM)
@@ -370,15 +366,12 @@ def test_sigterm_lets_a_streaming_response_finish_then_exits_0(tmp_path, trickle
 
 
 @pytest.fixture
-def reloadable(tmp_path, trickle, recording) -> Iterator[tuple[Gateway, str]]:
+def reloadable(gateway_factory, trickle, recording) -> Iterator[tuple[Gateway, str]]:
     trickle.release.clear()
     trickle.started.clear()
-    port = free_port()
     extra = f'[server]\nadmin_listen = "127.0.0.1:{free_port()}"'
     table = routes(stream=trickle.url, pub=recording.url)
-    config = write_config(tmp_path, port, table + APP_ROUTE.format(url=recording.url), extra)
-    add_users(tmp_path / "users.toml")
-    gateway = start_gateway(config, port)
+    gateway = gateway_factory(routes=table + APP_ROUTE.format(url=recording.url), extra=extra)
     yield gateway, extra
     trickle.release.set()
     gateway.stop()
@@ -427,13 +420,12 @@ def test_sighup_invalid_config_is_refused_logged_and_the_old_one_serves(reloadab
 # -- store errors -----------------------------------------------------------------------
 
 
-def test_store_errors_and_login_errors_are_counted(tmp_path, recording):
-    port, admin = free_port(), free_port()
+def test_store_errors_and_login_errors_are_counted(gateway_factory, recording):
+    admin = free_port()
     extra = f'[server]\nadmin_listen = "127.0.0.1:{admin}"'
     dead_redis = f"redis://127.0.0.1:{closed_port()}/0"
-    config = write_config(tmp_path, port, routes(pub=recording.url), extra, store=dead_redis)
-    add_users(tmp_path / "users.toml")
-    gateway = start_gateway(config, port)
+    table = routes(pub=recording.url)
+    gateway = gateway_factory(routes=table, extra=extra, store=dead_redis)
     try:
         client = gateway.client()
         assert client.get("/.auth/ready").status_code == 503
@@ -450,11 +442,16 @@ def test_store_errors_and_login_errors_are_counted(tmp_path, recording):
 # -- several workers ---------------------------------------------------------------------
 
 
-def test_workers_share_metrics_reload_in_place_refuse_bad_config_and_clean_up(tmp_path, recording):
-    port, admin = free_port(), free_port()
+def test_workers_share_metrics_reload_in_place_refuse_bad_config_and_clean_up(
+    tmp_path, gateway_factory, recording
+):
+    admin = free_port()
     extra = f'[server]\nadmin_listen = "127.0.0.1:{admin}"'
-    config = write_config(tmp_path, port, routes(pub=recording.url), extra)
-    gateway = start_gateway(config, port, args=("--workers", "2"))
+    table = routes(pub=recording.url)
+    gateway = gateway_factory(
+        tmp_path, routes=table, extra=extra, users=None, args=("--workers", "2")
+    )
+    port = gateway.port
     try:
         # the parent set the variable after it started: its workers were born with it
         pid = gateway.proc.pid

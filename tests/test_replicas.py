@@ -18,15 +18,7 @@ import pytest
 import redis
 
 from gateway.auth.sessions import STRICT_CACHE_SECONDS
-from tests.conftest import (
-    USERS,
-    Gateway,
-    add_users,
-    free_port,
-    standard_routes,
-    start_gateway,
-    write_config,
-)
+from tests.conftest import USERS, Gateway, add_users, make_gateway, standard_routes
 from tests.services import need, port_open
 from tests.upstream import RecordingUpstream
 
@@ -53,9 +45,6 @@ def start_pair(
     routes = standard_routes(upstream.url, upstream.url)
     replicas = []
     for name in ("a", "b"):
-        directory = base / name
-        directory.mkdir()
-        port = free_port()
         extra = "\n".join(
             [
                 "[server]",
@@ -68,8 +57,8 @@ def start_pair(
                 limits,
             ]
         )
-        config = write_config(directory, port, routes, extra, store=REDIS_URL)
-        replicas.append(start_gateway(config, port))
+        # the users file is the shared one named in [auth], added above
+        replicas.append(make_gateway(base / name, routes, extra, users=None, store=REDIS_URL))
     return replicas[0], replicas[1]
 
 

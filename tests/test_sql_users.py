@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy
 
 from gateway.sources.sql import engine_url, parse_roles
-from tests.conftest import Gateway, closed_port, free_port, start_gateway, write_config
+from tests.conftest import Gateway, closed_port, free_port, make_gateway, write_config
 from tests.legacy_hashes import (
     argon2id,
     bcrypt_hash,
@@ -245,8 +245,6 @@ def start_sql_gateway(
     roles_query: str = "",
     allow_weak: bool = False,
 ) -> Gateway:
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     routes = f"""
 [[routes]]
 name = "app"
@@ -267,7 +265,7 @@ query = {_toml(query)}
 roles_query = {_toml(roles_query)}
 allow_weak_hashes = {"true" if allow_weak else "false"}
 """
-    return start_gateway(write_config(directory, port, routes, extra), port)
+    return make_gateway(directory, routes, extra, users=None)
 
 
 def _gateway_dir(db: LegacyDb, tmp_path_factory, name: str) -> Path:

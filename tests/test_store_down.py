@@ -10,16 +10,7 @@ import pytest
 
 from gateway.auth.tokens import Keyring, Tokens
 from gateway.config import load_config
-from tests.conftest import (
-    USERS,
-    Gateway,
-    add_users,
-    closed_port,
-    free_port,
-    standard_routes,
-    start_gateway,
-    write_config,
-)
+from tests.conftest import USERS, Gateway, closed_port, make_gateway, standard_routes
 from tests.upstream import RecordingUpstream
 
 JSON = {"accept": "application/json"}
@@ -33,14 +24,10 @@ def upstream() -> Iterator[RecordingUpstream]:
 
 
 def start_without_store(directory: Path, upstream: RecordingUpstream, revocation: str) -> Gateway:
-    port = free_port()
     dead_store = f"redis://127.0.0.1:{closed_port()}/0"
     extra = f'[session]\nrevocation = "{revocation}"\naccess_ttl = "10m"'
-    config = write_config(
-        directory, port, standard_routes(upstream.url, upstream.url), extra, store=dead_store
-    )
-    add_users(directory / "users.toml")
-    return start_gateway(config, port)
+    routes = standard_routes(upstream.url, upstream.url)
+    return make_gateway(directory, routes, extra, store=dead_store)
 
 
 def session_token(gw: Gateway, issued_ago: float = 0.0) -> str:

@@ -22,7 +22,7 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import Request, ServerConnection, serve
 
 from gateway.config import load_config
-from tests.conftest import Gateway, add_users, closed_port, free_port, start_gateway, write_config
+from tests.conftest import Gateway, closed_port, make_gateway
 
 
 class EchoUpstream:
@@ -86,8 +86,6 @@ def echo() -> Iterator[EchoUpstream]:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, echo: EchoUpstream) -> Iterator[Gateway]:
-    directory = tmp_path_factory.mktemp("ws")
-    port = free_port()
     dead = f"http://127.0.0.1:{closed_port()}"
     routes = textwrap.dedent(
         f"""
@@ -118,9 +116,7 @@ def gw(tmp_path_factory, echo: EchoUpstream) -> Iterator[Gateway]:
         auth = "public"
         """
     )
-    config = write_config(directory, port, routes)
-    add_users(directory / "users.toml")
-    gateway = start_gateway(config, port)
+    gateway = make_gateway(tmp_path_factory.mktemp("ws"), routes)
     yield gateway
     gateway.stop()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import USERS, add_users, free_port, standard_routes, start_gateway, write_config
+from tests.conftest import USERS, free_port, standard_routes
 
 LOGINS = 120
 CONCURRENCY = 24
@@ -30,12 +30,9 @@ async def login_many(url: str) -> list[int]:
         return await asyncio.gather(*(one(i) for i in range(LOGINS)))
 
 
-def test_concurrent_logins_on_two_workers_lose_no_session(tmp_path: Path):
-    port = free_port()
+def test_concurrent_logins_on_two_workers_lose_no_session(tmp_path: Path, gateway_factory):
     dead = f"http://127.0.0.1:{free_port()}"
-    config = write_config(tmp_path, port, standard_routes(dead, dead))
-    add_users(tmp_path / "users.toml")
-    gw = start_gateway(config, port, ("--workers", "2"))
+    gw = gateway_factory(tmp_path, routes=standard_routes(dead, dead), args=("--workers", "2"))
     try:
         statuses = asyncio.run(login_many(gw.url))
         assert statuses == [200] * LOGINS

@@ -204,12 +204,14 @@ class Tokens:
         """Verify a session token; raise TokenExpired (with claims) or TokenError."""
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenError("too large")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise TokenError("malformed") from None
+        header = _header(token)
+        # before PyJWT reads it: PyJWT refuses an unknown `crit` itself, as "malformed"
         if _FORBIDDEN_HEADERS & set(header):
             raise TokenError("forbidden header")
+        try:
+            jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenError("malformed") from None
         if header.get("alg") != self.keyring.algorithm:
             raise TokenError("algorithm")
         kid = header.get("kid")
@@ -239,6 +241,9 @@ class Tokens:
             raise TokenError("issuer") from None
         except jwt.MissingRequiredClaimError:
             raise TokenError("missing claim") from None
+        except jwt.exceptions.InvalidSubjectError:
+            # PyJWT checks `sub` is a string before our own claim checks run
+            raise TokenError("claim type") from None
         except jwt.InvalidSignatureError:
             raise TokenError("signature") from None
         except jwt.PyJWTError:
@@ -252,6 +257,18 @@ class Tokens:
         if claims.exp <= now - LEEWAY:
             raise TokenExpired(claims)
         return claims
+
+
+def _header(token: str) -> dict[str, Any]:
+    """The JOSE header as a dict, or TokenError("malformed")."""
+    segment = token.split(".", 1)[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise TokenError("malformed") from None
+    if not isinstance(header, dict):
+        raise TokenError("malformed")
+    return header
 
 
 def _number(value: object) -> float:

@@ -6,6 +6,7 @@ import itertools
 import json
 import time
 import tomllib
+import uuid
 from collections.abc import Iterable
 from typing import BinaryIO
 
@@ -140,6 +141,42 @@ def no_identity(rec: Recorded) -> bool:
     """No identity header in any spelling reached the upstream."""
     folded = {k.lower().replace("_", "-").replace(".", "-") for k, _ in rec.headers}
     return not folded & set(IDENTITY)
+
+
+def marked(path: str) -> str:
+    """`path` with a unique suffix, so that its request's access-log line can be found."""
+    return f"{path}-{uuid.uuid4().hex}"
+
+
+def access_line(gw: Gateway, path: str, seconds: float = 5.0) -> dict:
+    """The one access-log line for `path` (written once the response has been sent)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = []
+        for line in gw.logs().splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the last line, still being written
+                continue
+            if record.get("path") == path:
+                found.append(record)
+        if found or time.monotonic() > deadline:
+            assert len(found) == 1, f"{len(found)} access-log lines for {path}"
+            return found[0]
+        time.sleep(0.02)
+
+
+class WrongReason(AssertionError):
+    """The token was refused, but the log names another reason than the case is about."""
+
+
+def assert_reason(gw: Gateway, path: str, reason: str | None) -> None:
+    """The access log says the token sent to `path` was refused for `reason` (None: not read)."""
+    logged = access_line(gw, path)["auth_error"]
+    if logged != reason:
+        raise WrongReason(f"refused for {logged!r}, not for {reason!r}")
 
 
 def json_body(response: RawResponse) -> dict:

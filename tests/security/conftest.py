@@ -15,16 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import (
-    USERS,
-    Gateway,
-    add_users,
-    closed_port,
-    free_port,
-    standard_routes,
-    start_gateway,
-    write_config,
-)
+from tests.conftest import USERS, Gateway, closed_port, make_gateway, standard_routes
 from tests.upstream import RecordingUpstream
 
 PARTNER = "https://partner.example"
@@ -63,14 +54,10 @@ def extra_routes(upstream: str) -> str:
     )
 
 
-def _start(tmp_path_factory, upstream: RecordingUpstream, name: str, extra: str) -> Gateway:
-    directory = tmp_path_factory.mktemp(name)
-    port = free_port()
-    routes = standard_routes(upstream.url, f"http://127.0.0.1:{closed_port()}")
-    routes += extra_routes(upstream.url)
-    config = write_config(directory, port, routes, extra=textwrap.dedent(extra))
-    add_users(directory / "users.toml", LOGIN_USERS if name == "trusted" else None)
-    return start_gateway(config, port)
+def security_routes(upstream: RecordingUpstream) -> str:
+    """The standard routes (with a dead upstream) plus the ones the attacks need."""
+    dead = f"http://127.0.0.1:{closed_port()}"
+    return standard_routes(upstream.url, dead) + extra_routes(upstream.url)
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +78,7 @@ def gw(tmp_path_factory, sec_upstream) -> Iterator[Gateway]:
         max_failures = 3
         lockout = "1m"
         """
-    gateway = _start(tmp_path_factory, sec_upstream, "plain", extra)
+    gateway = make_gateway(tmp_path_factory.mktemp("plain"), security_routes(sec_upstream), extra)
     yield gateway
     gateway.stop()
 
@@ -110,7 +97,8 @@ def trusted_gw(tmp_path_factory, sec_upstream) -> Iterator[Gateway]:
         max_failures = 3
         lockout = "1m"
         """
-    gateway = _start(tmp_path_factory, sec_upstream, "trusted", extra)
+    directory = tmp_path_factory.mktemp("trusted")
+    gateway = make_gateway(directory, security_routes(sec_upstream), extra, users=LOGIN_USERS)
     yield gateway
     gateway.stop()
 

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.conftest import Gateway, free_port, start_gateway, write_config
+from tests.conftest import Gateway, make_gateway
 from tests.security.attack import nothing_forwarded, only, request
 from tests.upstream import RecordingUpstream
 
@@ -75,9 +75,7 @@ def folding_gw(tmp_path_factory, sec_upstream: RecordingUpstream) -> Iterator[Ga
         auth = "required"
         """
     )
-    directory = tmp_path_factory.mktemp("folding")
-    port = free_port()
-    gateway = start_gateway(write_config(directory, port, routes), port)
+    gateway = make_gateway(tmp_path_factory.mktemp("folding"), routes, users=None)
     yield gateway
     gateway.stop()
 

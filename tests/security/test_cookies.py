@@ -8,8 +8,10 @@ import httpx
 import jwt
 
 from tests.security.attack import (
+    assert_reason,
     fresh_ip,
     login,
+    marked,
     nothing_forwarded,
     only,
     request,
@@ -44,9 +46,11 @@ def test_https_public_url_gives_a_host_prefixed_secure_httponly_cookie(trusted_g
 
 def test_an_unprefixed_cookie_is_not_read_when_the_prefix_is_in_force(trusted_gw, upstream):
     token = login(trusted_gw, "user1", "user1-password", ip=fresh_ip())
-    response = request(trusted_gw, "GET", "/app/x", [("Cookie", f"gw_session={token}")])
+    path = marked("/app/x")
+    response = request(trusted_gw, "GET", path, [("Cookie", f"gw_session={token}")])
     assert response.status == 401
     assert nothing_forwarded(upstream)
+    assert_reason(trusted_gw, path, None)  # not our cookie's name: never read
 
 
 def test_login_issues_a_new_session_not_the_planted_one(gw, upstream, bob_token):
@@ -66,16 +70,20 @@ def test_login_issues_a_new_session_not_the_planted_one(gw, upstream, bob_token)
 
 def test_two_session_cookies_in_one_header_are_refused(gw, upstream, alice_token, bob_token):
     cookie = f"gw_session={alice_token}; gw_session={bob_token}"
-    response = request(gw, "GET", "/app/x", [("Cookie", cookie)])
+    path = marked("/app/x")
+    response = request(gw, "GET", path, [("Cookie", cookie)])
     assert response.status == 401
     assert nothing_forwarded(upstream)
+    assert_reason(gw, path, None)  # neither token is read: no one of them is verified
 
 
 def test_a_tossed_cookie_in_a_second_header_is_refused(gw, upstream, alice_token, bob_token):
     headers = [("Cookie", f"gw_session={alice_token}"), ("Cookie", f"gw_session={bob_token}")]
-    response = request(gw, "GET", "/admin/x", headers)
+    path = marked("/admin/x")
+    response = request(gw, "GET", path, headers)
     assert response.status == 401
     assert nothing_forwarded(upstream)
+    assert_reason(gw, path, None)
 
 
 def test_our_cookie_is_removed_from_the_upstream_cookie_header_in_every_prefix(
@@ -110,12 +118,16 @@ def test_a_logged_out_token_is_refused_under_strict_revocation(trusted_gw, upstr
     assert logout.status == 204
     assert any(c.startswith("__Host-gw_session=;") for c in logout.header("set-cookie"))
     time.sleep(1.1)  # strict mode may trust a good session for one second
-    response = request(trusted_gw, "GET", "/app/x", [cookie])
+    path = marked("/app/x")
+    response = request(trusted_gw, "GET", path, [cookie])
     assert response.status == 401
     assert nothing_forwarded(upstream)
+    assert_reason(trusted_gw, path, "revoked")
 
 
 def test_a_cookie_with_a_different_case_name_is_not_ours(gw, upstream, alice_token):
-    response = request(gw, "GET", "/app/x", [("Cookie", f"GW_SESSION={alice_token}")])
+    path = marked("/app/x")
+    response = request(gw, "GET", path, [("Cookie", f"GW_SESSION={alice_token}")])
     assert response.status == 401
     assert nothing_forwarded(upstream)
+    assert_reason(gw, path, None)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.conftest import Gateway, add_users, free_port, start_gateway, write_config
+from tests.conftest import Gateway, make_gateway
 
 # [server] max_response_headers for this gateway: below the default of 100, so that the
 # config key is seen to reach the pool
@@ -219,8 +219,6 @@ def hostile() -> Iterator[HostileUpstream]:
 
 @pytest.fixture(scope="module")
 def hgw(tmp_path_factory, hostile) -> Iterator[Gateway]:
-    directory = tmp_path_factory.mktemp("hostile")
-    port = free_port()
     routes = textwrap.dedent(
         f"""
         [[routes]]
@@ -239,9 +237,7 @@ def hgw(tmp_path_factory, hostile) -> Iterator[Gateway]:
         """
     )
     extra = f"[server]\nmax_response_headers = {MAX_RESPONSE_HEADERS}\n"
-    config = write_config(directory, port, routes, extra=extra)
-    add_users(directory / "users.toml")
-    gateway = start_gateway(config, port)
+    gateway = make_gateway(tmp_path_factory.mktemp("hostile"), routes, extra)
     yield gateway
     gateway.stop()
 
