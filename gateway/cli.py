@@ -72,6 +72,7 @@ def _roles(value: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
+    from gateway.sources.base import canonical_username
     from gateway.sources.file import UsersFileError, read_users, remove_user, set_user
 
     # users, keys and sessions need no upstream: a middleware config works too
@@ -87,12 +88,12 @@ def cmd_users(args: argparse.Namespace) -> int:
             ]
             print(table(rows))
         elif args.users_command == "add":
-            if args.name.strip().lower() in read_users(path):
+            if canonical_username(args.name) in read_users(path):
                 raise Failure(f"user {args.name!r} exists; use `gateway users passwd`")
             record = set_user(path, args.name, _password(args), _roles(args.roles) or ())
             print(f"added {record.name} (roles: {','.join(record.roles) or '-'}) to {path}")
         elif args.users_command == "passwd":
-            if args.name.strip().lower() not in read_users(path):
+            if canonical_username(args.name) not in read_users(path):
                 raise Failure(f"no user {args.name!r}")
             record = set_user(path, args.name, _password(args), _roles(args.roles))
             print(f"changed the password of {record.name}")

@@ -11,6 +11,7 @@ from gateway.auth.cookies import CookieJar
 from gateway.auth.keys import ensure_key
 from gateway.auth.limits import LoginLimiter
 from gateway.auth.sessions import Sessions
+from gateway.auth.signin import PasswordSignIn
 from gateway.auth.tokens import Keyring, Tokens
 from gateway.config import Config
 from gateway.core.nexthop import NextHop
@@ -21,8 +22,8 @@ from gateway.store import Store, open_store
 
 @dataclass
 class Runtime:
-    """Config plus the objects built from it: keys, tokens, store, sessions, users, limits and
-    the next-hop headers."""
+    """Config plus the objects built from it: keys, tokens, store, sessions, users, limits,
+    sign-in and the next-hop headers."""
 
     config: Config
     clock: Callable[[], float]
@@ -34,17 +35,20 @@ class Runtime:
     cookies: CookieJar
     limiter: LoginLimiter
     nexthop: NextHop
+    signin: PasswordSignIn
 
 
 def build_runtime(
     config: Config, clock: Callable[[], float] = time.time, store: Store | None = None
 ) -> Runtime:
-    """Keys, tokens, store (or the one given), sessions, users and limits for one config."""
+    """Keys, tokens, store (or the one given), sessions, users, limits and sign-in for a config."""
     ensure_key(config.keys.dir, config.keys.algorithm)
     keyring = Keyring(config.keys, clock)
     tokens = Tokens(keyring, config.server.public_url, config.session.access_ttl, clock)
     if store is None:
         store = open_store(config.store.url, config.base_dir)
+    users = build_users(config)
+    limiter = LoginLimiter(store, config.login_limits, clock)
     return Runtime(
         config=config,
         clock=clock,
@@ -52,8 +56,9 @@ def build_runtime(
         tokens=tokens,
         store=store,
         sessions=Sessions(store, config.session, clock),
-        users=build_users(config),
+        users=users,
         cookies=CookieJar(config),
-        limiter=LoginLimiter(store, config.login_limits, clock),
+        limiter=limiter,
         nexthop=NextHop(config, tokens),
+        signin=PasswordSignIn(users, config.auth.users, limiter),
     )

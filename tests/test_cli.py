@@ -291,3 +291,22 @@ def test_keys_rotate_list_retire(tmp_path: Path):
     retired = gateway_cmd("keys", "retire", oldest, "-c", c)
     assert retired.returncode == 0
     assert sorted(f.stem for f in keys.glob("*.pem")) == [current, newest]
+
+
+def test_users_add_refuses_a_name_that_canonicalizes_like_an_existing_user(tmp_path: Path):
+    config = tmp_path / "gateway.toml"
+    config.write_text(GOOD)
+    first = gateway_cmd(
+        "users", "add", "alice", "--password-stdin", "-c", str(config), stdin="pw-1-long-enough\n"
+    )
+    assert first.returncode == 0, first.stderr
+    again = gateway_cmd(
+        "users",
+        "add",
+        "\uff21\uff2c\uff29\uff23\uff25",
+        "--password-stdin",
+        "-c",
+        str(config),
+        stdin="pw-2-long-enough\n",
+    )
+    assert again.returncode == 1 and "exists" in again.stderr

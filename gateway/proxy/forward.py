@@ -41,13 +41,11 @@ class _RequestBody:
 
     def __init__(self, receive) -> None:
         self.receive = receive
-        self.disconnected = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                self.disconnected = True
                 raise ClientGone
             body = message.get("body", b"")
             if body:

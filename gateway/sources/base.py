@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Protocol
+
+# one bound for every source: a password `gateway users add` takes can always sign in
+MAX_PASSWORD_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -15,7 +19,10 @@ class User:
 
 
 class UserBackend(Protocol):
-    """Checks a username and password; None for an unknown user or a wrong password alike."""
+    """Checks a username and password; None for an unknown user or a wrong password alike.
+
+    A source that cannot be reached raises StoreUnavailable (gateway.store.base).
+    """
 
     async def authenticate(self, username: str, password: str) -> User | None: ...
 
@@ -29,3 +36,8 @@ def encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def canonical_username(name: str) -> str:
+    """The one spelling of a username for every source and limit: NFKC, trimmed, lower case."""
+    return unicodedata.normalize("NFKC", name).strip().lower()

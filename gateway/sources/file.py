@@ -7,27 +7,20 @@ import logging
 import os
 import re
 import tomllib
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import Config
-from gateway.sources.base import User
+from gateway.sources.base import MAX_PASSWORD_BYTES, User, canonical_username
 from gateway.sources.hashes import UnknownHashFormat, burn_time, hash_password, verify_password
 
 log = logging.getLogger("gateway.users")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
 _ROLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-MAX_PASSWORD_BYTES = 1024
 
 
 class UsersFileError(Exception):
     """The users file cannot be read or written, or a name or role is not allowed."""
-
-
-def canonical_username(name: str) -> str:
-    """The one spelling a username is stored and compared in: NFKC, trimmed, lower case."""
-    return unicodedata.normalize("NFKC", name).strip().lower()
 
 
 def check_username(name: str) -> str:

@@ -1,0 +1,81 @@
+"""Sign-in methods: turn what a user presents into a SignedIn identity, or a precise refusal.
+
+A method asks one identity source (`gateway.sources`) and says how the user proved who they
+are in `amr` (RFC 8176: "pwd", later "otp", "hwk"); the session and its tokens carry that list.
+Methods know nothing of HTTP: the endpoints read the request and map the refusals to responses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.auth.limits import LoginLimiter
+from gateway.sources.base import UserBackend, canonical_username
+from gateway.store.base import StoreUnavailable
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """Who signed in, their roles, the source that vouched for them and how (`amr`)."""
+
+    user_id: str
+    roles: tuple[str, ...]
+    source: str
+    amr: tuple[str, ...]
+
+
+class SignInRefused(Exception):
+    """No identity: `user` is the canonical name that was tried (for logs and counters)."""
+
+    def __init__(self, user: str, detail: str) -> None:
+        super().__init__(detail)
+        self.user = user
+
+
+class LockedOut(SignInRefused):
+    """Too many failures for this user or address; not even the right password is checked."""
+
+    def __init__(self, user: str, retry_after: int) -> None:
+        super().__init__(user, f"locked out for {retry_after}s")
+        self.retry_after = retry_after
+
+
+class InvalidCredentials(SignInRefused):
+    """An unknown user or a wrong password: one error for both, so neither is revealed."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__(user, "invalid credentials")
+
+
+class SourceUnavailable(SignInRefused):
+    """The identity source could not answer; the message is the source's own reason."""
+
+
+class PasswordSignIn:
+    """A username and password, checked by the configured password source within the limits."""
+
+    amr = ("pwd",)
+
+    def __init__(self, source: UserBackend, source_name: str, limiter: LoginLimiter) -> None:
+        self.source = source
+        self.source_name = source_name
+        self.limiter = limiter
+
+    async def sign_in(self, username: str, password: str, address: str) -> SignedIn:
+        """The identity for these credentials from `address`, or a SignInRefused subclass."""
+        # one spelling for the counters: "ALICE" and a fullwidth "alice" share one failure budget
+        name = canonical_username(username)
+        wait = await self.limiter.retry_after(name, address)
+        if wait is not None:
+            raise LockedOut(name, wait)
+        try:
+            # the name as typed: a source compares by its own rule (the file source by
+            # canonical_username, an SQL database by its collation)
+            user = await self.source.authenticate(username, password)
+        except StoreUnavailable as exc:
+            raise SourceUnavailable(name, str(exc)) from exc
+        if user is None:
+            await self.limiter.failed(name, address)
+            raise InvalidCredentials(name)
+        await self.limiter.succeeded(name)
+        return SignedIn(user.id, tuple(user.roles), self.source_name, self.amr)

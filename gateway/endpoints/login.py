@@ -1,0 +1,173 @@
+"""GET and POST {prefix}/login: the sign-in form with its CSRF cookie, and signing in."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import secrets
+from urllib.parse import parse_qsl, urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway import metrics
+from gateway.auth.redirects import safe_next
+from gateway.auth.signin import InvalidCredentials, LockedOut, SourceUnavailable
+from gateway.core.context import context_of
+from gateway.core.decide import Core
+from gateway.endpoints.common import (
+    HEADERS,
+    Refused,
+    json_error,
+    read_body,
+    same_origin,
+    wants_json,
+)
+from gateway.pages import render_login
+from gateway.runtime import Runtime
+from gateway.sources.base import MAX_PASSWORD_BYTES, encodable
+from gateway.store.base import StoreUnavailable
+
+log = logging.getLogger("gateway.login")
+
+
+class Login:
+    """The sign-in form and its submission; which source checks the password is the runtime's."""
+
+    def __init__(self, rt: Runtime, core: Core) -> None:
+        self.rt = rt
+        config = rt.config
+        self.prefix = config.auth.prefix
+        self.public_url = config.server.public_url
+        self.allowed = core.allowed_origins
+        self.site = urlsplit(self.public_url).netloc
+        self.csrf_cookie = config.cookie_name + "_csrf"
+        self.csrf_attrs = "Path=/; HttpOnly; SameSite=Strict" + (
+            "; Secure" if config.cookie_secure else ""
+        )
+
+    def _form(self, status: int, next_target: str, username: str = "", error: str = "") -> Response:
+        token = secrets.token_urlsafe(32)
+        page = render_login(
+            prefix=self.prefix,
+            site=self.site,
+            csrf=token,
+            next_target=next_target,
+            username=username,
+            error=error,
+        )
+        response = Response(page, status, media_type="text/html", headers=HEADERS)
+        response.headers.append(
+            "set-cookie", f"{self.csrf_cookie}={token}; Max-Age=3600; {self.csrf_attrs}"
+        )
+        return response
+
+    async def page(self, request: Request) -> Response:
+        """GET: the sign-in form with a fresh CSRF token and the (sanitized) next target."""
+        return self._form(200, safe_next(request.query_params.get("next")))
+
+    async def _credentials(self, request: Request, as_json: bool) -> tuple[str, str, str]:
+        body = await read_body(request)
+        if as_json:
+            try:
+                data = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise Refused(400, "bad_request", "The body is not valid JSON.") from None
+            if not isinstance(data, dict):
+                raise Refused(400, "bad_request", 'Send {"username", "password"}.')
+            username, password = data.get("username"), data.get("password")
+            next_target = data.get("next", "/")
+        else:
+            try:
+                fields = dict(
+                    parse_qsl(body.decode("utf-8"), max_num_fields=20, keep_blank_values=True)
+                )
+            except (ValueError, UnicodeDecodeError):
+                raise Refused(400, "bad_request", "The form could not be read.") from None
+            cookie = request.cookies.get(self.csrf_cookie, "")
+            sent = fields.get("csrf", "")
+            # login CSRF: a cross-site form cannot read our cookie to copy it into the form
+            if not cookie or not sent or not hmac.compare_digest(cookie, sent):
+                raise Refused(403, "csrf", "The sign-in form expired; please try again.")
+            username, password = fields.get("username"), fields.get("password")
+            next_target = fields.get("next", "/")
+        if not isinstance(username, str) or not isinstance(password, str) or not username:
+            raise Refused(400, "bad_request", "Username and password are required.")
+        if not encodable(username) or not encodable(password):
+            # JSON may carry lone surrogates ("\ud800"), which no store or hash can take
+            raise Refused(400, "bad_request", "Username and password must be valid Unicode.")
+        if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES or len(username) > 256:
+            raise Refused(400, "bad_request", "Username or password is too long.")
+        return username, password, safe_next(next_target if isinstance(next_target, str) else None)
+
+    async def submit(self, request: Request) -> Response:
+        """POST: check credentials (form or JSON), start a session, set the cookie."""
+        as_json = wants_json(request)
+        next_target = "/"
+        username = ""
+        try:
+            if not same_origin(request, self.allowed):
+                raise Refused(403, "cross_origin", "Cross-site sign-in is not allowed.")
+            username, password, next_target = await self._credentials(request, as_json)
+            return await self._sign_in(request, username, password, next_target, as_json)
+        except Refused as exc:
+            if as_json:
+                return json_error(exc.status, exc.code, exc.detail, exc.headers)
+            response = self._form(exc.status, next_target, username, exc.detail)
+            response.headers.update(exc.headers)
+            return response
+        except (StoreUnavailable, SourceUnavailable) as exc:
+            log.warning("login refused: session store unavailable: %s", exc)
+            metrics.store_error("login")
+            metrics.login("error")
+            return json_error(503, "store_unavailable", "Sign-in is unavailable; try again.")
+
+    async def _sign_in(
+        self, request: Request, username: str, password: str, next_target: str, as_json: bool
+    ) -> Response:
+        rt = self.rt
+        ctx = context_of(request.scope)
+        address = ctx.view.ip
+        try:
+            signed_in = await rt.signin.sign_in(username, password, address)
+        except LockedOut as exc:
+            log.info("login locked out user=%r client=%s", exc.user, address)
+            metrics.login("locked")
+            raise Refused(
+                429,
+                "too_many_attempts",
+                "Too many failed sign-ins; try again later.",
+                {"retry-after": str(exc.retry_after)},
+            ) from None
+        except InvalidCredentials as exc:
+            log.info("login failed user=%r client=%s", exc.user, address)
+            metrics.login("failed")
+            raise Refused(401, "invalid_credentials", "Wrong username or password.") from None
+        # a second factor due for this user is asked for here, from signed_in.amr, before a session
+        user_id = signed_in.user_id
+        session = await rt.sessions.create(user_id)
+        token, claims = rt.tokens.mint_session(
+            user_id, signed_in.roles, session.sid, amr=signed_in.amr
+        )
+        log.info("login ok user=%r client=%s", user_id, address)
+        metrics.login("ok")
+        ctx.user_for_log = user_id
+        headers = dict(HEADERS)
+        if as_json:
+            response: Response = JSONResponse(
+                {
+                    "sub": user_id,
+                    "roles": list(signed_in.roles),
+                    "exp": claims.exp,
+                    "sid": claims.sid,
+                    "amr": list(claims.amr),
+                },
+                headers=headers,
+            )
+        else:
+            headers["location"] = self.public_url + next_target
+            response = Response(status_code=303, headers=headers)
+        response.headers.append("set-cookie", rt.cookies.set(token))
+        response.headers.append("set-cookie", f"{self.csrf_cookie}=; Max-Age=0; {self.csrf_attrs}")
+        return response

@@ -1,0 +1,52 @@
+"""GET/HEAD/POST {prefix}/verify: forward-auth for nginx, Traefik and Caddy, deciding nothing."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.core.context import context_of
+from gateway.core.decide import Core
+from gateway.core.responses import render
+from gateway.endpoints.common import HEADERS, json_error
+from gateway.runtime import Runtime
+
+
+class Verify:
+    """The core's verdict on the request a proxy forwards, and the next hop's headers with it."""
+
+    def __init__(self, rt: Runtime, core: Core) -> None:
+        self.rt = rt
+        self.core = core
+        self.prefix = rt.config.auth.prefix
+
+    async def verify(self, request: Request) -> Response:
+        """Forward-auth for nginx, Traefik and Caddy: the core's verdict on the forwarded request.
+
+        200 with the identity headers, 401 (302 to the login page for a browser behind
+        Traefik or Caddy; nginx cannot pass a redirect, it gets 401 with a Location) or 403.
+        """
+        headers = request.headers
+        method = headers.get("x-forwarded-method", "GET").upper()
+        # proxies pass client headers into the check: nginx a forged X-Forwarded-Uri, Caddy and
+        # Traefik a forged X-Original-URI. Two different targets mean one is the client's: refuse
+        targets = {
+            v for v in headers.getlist("x-forwarded-uri") + headers.getlist("x-original-uri") if v
+        }
+        if len(targets) > 1:
+            return json_error(403, "bad_request", "Conflicting X-Forwarded-Uri and X-Original-URI.")
+        uri = targets.pop() if targets else "/"
+        host = headers.get("x-forwarded-host") or headers.get("host") or ""
+        decision = await self.core.decide_forwarded(
+            context_of(request.scope), method, uri, host, request.scope["headers"]
+        )
+        if decision.refusal is not None:
+            status, raw, body = render(decision.refusal, self.prefix)
+            response = Response(body, status)
+            response.raw_headers = raw
+            return response
+        ctx = decision.ctx
+        assert ctx is not None
+        response = Response(status_code=200, headers=HEADERS)
+        response.raw_headers.extend(self.rt.nexthop.verdict_headers(ctx, method))
+        return response
