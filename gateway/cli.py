@@ -78,7 +78,12 @@ def cmd_users(args: argparse.Namespace) -> int:
     # users, keys and sessions need no upstream: a middleware config works too
     config = _load(args, require_upstream=False)
     if config.auth.users != "file":
-        raise Failure('users are managed in the SQL database (auth.users = "sql")')
+        # the gateway never writes to another source: the operator's own tools manage it
+        where = {"sql": "in the SQL database", "htpasswd": "in the htpasswd file (htpasswd -B)"}
+        raise Failure(
+            f"users are managed {where.get(config.auth.users, 'elsewhere')} "
+            f'(auth.users = "{config.auth.users}"); this command edits auth.users_file only'
+        )
     path = config.auth.users_file
     try:
         if args.users_command == "list":

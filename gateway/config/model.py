@@ -9,7 +9,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 # the fixed choices, written once: validation lists these very values in its errors
-UsersSource = Literal["file", "sql"]
+UsersSource = Literal["file", "sql", "htpasswd"]
 SameSite = Literal["lax", "strict", "none"]
 Revocation = Literal["lazy", "strict"]
 Algorithm = Literal["EdDSA", "ES256", "RS256", "HS256"]
@@ -68,6 +68,10 @@ class AuthConfig:
     prefix: str = "/.auth"
     users: UsersSource = "file"
     users_file: Path = Path("users.toml")  # relative: to the config file's folder
+    # `users = "htpasswd"`: Apache's file, relative to the config file's folder
+    htpasswd_file: Path = Path("users.htpasswd")
+    htpasswd_allow_weak_hashes: bool = False  # accept its {SHA} and $apr1$ (MD5) entries
+    htpasswd_roles: tuple[str, ...] = ()  # every htpasswd user's (oauth2-proxy's user groups)
     sql: SqlUsersConfig = field(default_factory=SqlUsersConfig)
 
 

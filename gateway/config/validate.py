@@ -6,6 +6,7 @@ from gateway/config/model.py, so no default is written here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -33,6 +34,7 @@ from gateway.config.model import (
 )
 from gateway.core.casefold import ascii_lower
 
+_ROLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _SECTIONS = ("server", "auth", "session", "keys", "store", "login_limits", "identity")
 _FROM_MODEL: Any = object()  # get()'s default: the model field's own default
 
@@ -202,6 +204,9 @@ def _auth(r: _Reader, base_dir: Path) -> AuthConfig:
     prefix = r.get("prefix", v.prefix)
     users = r.get("users", v.one_of(UsersSource))
     users_file = base_dir / r.get("users_file", v.file_path)
+    htpasswd_file = base_dir / r.get("htpasswd_file", v.file_path)
+    htpasswd_allow_weak_hashes = r.get("htpasswd_allow_weak_hashes", v.boolean)
+    htpasswd_roles = r.get("htpasswd_roles", _roles)
     r.seen.add("sql")
     s = _Reader(r.raw.get("sql"), "auth.sql", r.errors, SqlUsersConfig)
     sql = SqlUsersConfig(
@@ -221,9 +226,27 @@ def _auth(r: _Reader, base_dir: Path) -> AuthConfig:
             errors.append(f"auth.sql.query: {sql.query!r} does not use the :username parameter")
         if sql.dsn and (problem := v.sql_dsn_problem(sql.dsn)):
             errors.append(f"auth.sql.dsn: {problem}")
-    auth = AuthConfig(prefix=prefix, users=users, users_file=users_file, sql=sql)
+    auth = AuthConfig(
+        prefix=prefix,
+        users=users,
+        users_file=users_file,
+        htpasswd_file=htpasswd_file,
+        htpasswd_allow_weak_hashes=htpasswd_allow_weak_hashes,
+        htpasswd_roles=htpasswd_roles,
+        sql=sql,
+    )
     r.finish()
     return auth
+
+
+def _roles(value: object) -> tuple[str, ...]:
+    """Roles a source gives: the names `gateway users add --roles` takes, once each."""
+    roles = v.string_list(value)
+    for role in roles:
+        # a role goes into X-User-Roles, joined by commas: one must not split or end it
+        if not _ROLE.match(role):
+            raise ValueError(f"has {role!r}; a role is 1-64 letters, digits, '.', '_', ':', '-'")
+    return tuple(dict.fromkeys(roles))
 
 
 def _session(r: _Reader) -> SessionConfig:

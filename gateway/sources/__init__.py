@@ -12,7 +12,11 @@ from gateway.config import Config
 from gateway.sources.base import UserBackend
 
 # `[auth] users` -> the module that builds that source (imported only when configured)
-SOURCES = {"file": "gateway.sources.file", "sql": "gateway.sources.sql"}
+SOURCES = {
+    "file": "gateway.sources.file",
+    "sql": "gateway.sources.sql",
+    "htpasswd": "gateway.sources.htpasswd",
+}
 
 
 def build_users(config: Config) -> UserBackend:
