@@ -97,12 +97,14 @@ RULES = {(ServerConfig, "public_url"): "unset, it is local_url(port), following 
 NEEDS = {(KeysConfig, "secret"): (secrets.token_urlsafe(48), {"keys": {"algorithm": "HS256"}})}
 
 
-@pytest.mark.parametrize("model,spec,pick", _defaulted_fields())
+@pytest.mark.parametrize(
+    "model,spec,pick",
+    # public_url's unset default follows server.listen: its own test covers it
+    [case for case in _defaulted_fields() if (case.values[0], case.values[1].name) not in RULES],
+)
 def test_changing_the_model_default_changes_what_an_omitted_key_gets(
     tmp_path, monkeypatch, model, spec, pick
 ):
-    if (model, spec.name) in RULES:
-        pytest.skip(RULES[model, spec.name])
     if (model, spec.name) in NEEDS:
         new, raw = NEEDS[model, spec.name]
     elif spec.default is None:
