@@ -9,9 +9,13 @@ import secrets
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gateway.config import Config, ConfigError, config_path, load_config
 from gateway.serve.server import configure_logging, routes_table, serve, table
+
+if TYPE_CHECKING:
+    from gateway.sources.file import UserRecord
 
 
 class Failure(Exception):
@@ -73,7 +77,13 @@ def _roles(value: str | None) -> tuple[str, ...] | None:
 
 def cmd_users(args: argparse.Namespace) -> int:
     from gateway.sources.base import canonical_username
-    from gateway.sources.file import UsersFileError, read_users, remove_user, set_user
+    from gateway.sources.file import (
+        UsersFileError,
+        read_users,
+        remove_user,
+        set_disabled,
+        set_user,
+    )
 
     # users, keys and sessions need no upstream: a middleware config works too
     config = _load(args, require_upstream=False)
@@ -88,8 +98,9 @@ def cmd_users(args: argparse.Namespace) -> int:
     try:
         if args.users_command == "list":
             users = read_users(path)
-            rows = [["USER", "ROLES"]] + [
-                [name, ",".join(users[name].roles) or "-"] for name in sorted(users)
+            rows = [["USER", "ROLES", "STATE"]] + [
+                [name, ",".join(users[name].roles) or "-", _user_state(users[name])]
+                for name in sorted(users)
             ]
             print(table(rows))
         elif args.users_command == "add":
@@ -105,9 +116,42 @@ def cmd_users(args: argparse.Namespace) -> int:
         elif args.users_command == "remove":
             remove_user(path, args.name)
             print(f"removed {args.name}")
+            _end_sessions(config, canonical_username(args.name))
+        elif args.users_command == "disable":
+            record = set_disabled(path, args.name, True)
+            print(f"disabled {record.name}")
+            _end_sessions(config, record.name)
+        elif args.users_command == "enable":
+            record = set_disabled(path, args.name, False)
+            print(f"enabled {record.name}")
     except UsersFileError as exc:
         raise Failure(str(exc)) from None
     return 0
+
+
+def _user_state(record: UserRecord) -> str:
+    return "disabled" if record.disabled else ""
+
+
+def _end_sessions(config: Config, user: str) -> None:
+    """Revoke every session of a removed or disabled user, so no replica waits for a refresh."""
+    from gateway.store import open_store
+    from gateway.store.base import StoreUnavailable
+
+    async def work() -> int:
+        store = open_store(config.store.url, config.base_dir)
+        try:
+            return await store.revoke_user_sessions(user)
+        finally:
+            await store.close()
+
+    try:
+        count = asyncio.run(work())
+    except StoreUnavailable as exc:
+        raise Failure(
+            f"store unavailable: {exc}; {user}'s sessions end at their next refresh"
+        ) from None
+    print(f"revoked {count} session(s) of {user}")
 
 
 # -- keys -------------------------------------------------------------------------------
@@ -237,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     passwd.add_argument("--password-stdin", action="store_true")
     remove = users_sub.add_parser("remove", parents=[common])
     remove.add_argument("name")
+    disable = users_sub.add_parser("disable", parents=[common], help="no sign-in; ends sessions")
+    disable.add_argument("name")
+    enable = users_sub.add_parser("enable", parents=[common])
+    enable.add_argument("name")
     users_sub.add_parser("list", parents=[common])
     users.set_defaults(func=cmd_users)
 

@@ -29,7 +29,11 @@ COOKIE = "gw_session"
 
 
 def session_config(revocation: str) -> str:
+    # refresh (which re-issues too) longer than half of access_ttl: these tests time the half-life
     return f"""
+        [auth]
+        refresh = "1h"
+
         [session]
         access_ttl = "{ACCESS_TTL}s"
         idle_timeout = "{IDLE}s"

@@ -22,6 +22,8 @@ class SignedIn:
     roles: tuple[str, ...]
     source: str
     amr: tuple[str, ...]
+    # what the source finds the user by again at refresh, when that is not user_id
+    username: str = ""
 
 
 class SignInRefused(Exception):
@@ -78,4 +80,4 @@ class PasswordSignIn:
             await self.limiter.failed(name, address)
             raise InvalidCredentials(name)
         await self.limiter.succeeded(name)
-        return SignedIn(user.id, tuple(user.roles), self.source_name, self.amr)
+        return SignedIn(user.id, tuple(user.roles), self.source_name, self.amr, user.name)

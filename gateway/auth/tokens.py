@@ -57,6 +57,8 @@ class Claims:
     kid: str
     # how the user signed in (RFC 8176 method names): ("pwd",) for a password
     amr: tuple[str, ...] = ()
+    # the name the users source finds `sub` by at refresh, when that is not `sub` itself
+    username: str = ""
 
 
 class Keyring:
@@ -144,7 +146,12 @@ class Tokens:
         self._last_signer: _CompactSigner | None = None
 
     def mint_session(
-        self, sub: str, roles: tuple[str, ...], sid: str, amr: tuple[str, ...] = ("pwd",)
+        self,
+        sub: str,
+        roles: tuple[str, ...],
+        sid: str,
+        amr: tuple[str, ...] = ("pwd",),
+        username: str = "",
     ) -> tuple[str, Claims]:
         """A signed session token for this user and session, saying how they signed in."""
         now = int(self.clock())
@@ -162,9 +169,13 @@ class Tokens:
             "exp": exp,
             "amr": list(amr),
         }
+        username = "" if username == sub else username
+        if username:
+            payload["username"] = username
         key = self.keyring.signing_key()
         token = jwt.encode(payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid})
-        return token, Claims(sub, tuple(roles), sid, jti, now, exp, key.kid, tuple(amr))
+        claims = Claims(sub, tuple(roles), sid, jti, now, exp, key.kid, tuple(amr), username)
+        return token, claims
 
     def mint_assertion(
         self,
@@ -293,6 +304,9 @@ def _session_claims(payload: dict[str, Any], kid: str) -> Claims:
     roles = _strings(payload["roles"])
     # tokens minted before `amr` existed carry none: they count as no factor at all
     amr = _strings(payload.get("amr", []))
+    username = payload.get("username", "")
+    if not isinstance(username, str):
+        raise TokenError("claim type")
     return Claims(
         sub=_string(payload["sub"]),
         roles=roles,
@@ -302,6 +316,7 @@ def _session_claims(payload: dict[str, Any], kid: str) -> Claims:
         exp=_number(payload["exp"]),
         kid=kid,
         amr=amr,
+        username=username,
     )
 
 

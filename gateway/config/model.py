@@ -68,6 +68,8 @@ class AuthConfig:
     prefix: str = "/.auth"
     users: UsersSource = "file"
     users_file: Path = Path("users.toml")  # relative: to the config file's folder
+    # a signed-in user's standing (removed, disabled, roles) is asked of the source this often
+    refresh: float = 60.0
     # `users = "htpasswd"`: Apache's file, relative to the config file's folder
     htpasswd_file: Path = Path("users.htpasswd")
     htpasswd_allow_weak_hashes: bool = False  # accept its {SHA} and $apr1$ (MD5) entries

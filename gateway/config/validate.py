@@ -204,6 +204,7 @@ def _auth(r: _Reader, base_dir: Path) -> AuthConfig:
     prefix = r.get("prefix", v.prefix)
     users = r.get("users", v.one_of(UsersSource))
     users_file = base_dir / r.get("users_file", v.file_path)
+    refresh = r.get("refresh", v.positive_duration)
     htpasswd_file = base_dir / r.get("htpasswd_file", v.file_path)
     htpasswd_allow_weak_hashes = r.get("htpasswd_allow_weak_hashes", v.boolean)
     htpasswd_roles = r.get("htpasswd_roles", _roles)
@@ -230,6 +231,7 @@ def _auth(r: _Reader, base_dir: Path) -> AuthConfig:
         prefix=prefix,
         users=users,
         users_file=users_file,
+        refresh=refresh,
         htpasswd_file=htpasswd_file,
         htpasswd_allow_weak_hashes=htpasswd_allow_weak_hashes,
         htpasswd_roles=htpasswd_roles,

@@ -1,4 +1,9 @@
-"""The request -> identity step: cookie or bearer JWT, session checks, cookie re-issue."""
+"""The request -> identity step: cookie or bearer JWT, session checks, cookie re-issue.
+
+A token older than `[auth] refresh` (and every re-issue) asks the users source about the
+user again: a removed or disabled user is refused and their sessions revoked; changed roles
+go into the re-issued token (or, for a bearer token, into this request's identity).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,12 @@ from gateway.auth.tokencache import VerifiedTokens
 from gateway.auth.tokens import Claims, TokenError, TokenExpired, Tokens
 from gateway.core.context import Identity, RequestContext
 from gateway.core.ingress import Header
+from gateway.sources.base import User, UserBackend
 from gateway.store.base import StoreUnavailable
+
+_STANDING_LIMIT = 10_000
+# after the users source failed, requests do not queue on it (a dead host waits out a timeout)
+SOURCE_RETRY_SECONDS = 5.0
 
 
 class Authenticator:
@@ -22,12 +32,19 @@ class Authenticator:
         sessions: Sessions,
         cookies: CookieJar,
         strict: bool,
+        users: UserBackend,
+        refresh: float,
     ) -> None:
         self.tokens = tokens
         self.verified = VerifiedTokens(tokens)
         self.sessions = sessions
         self.cookies = cookies
         self.strict = strict
+        self.users = users
+        self.refresh = refresh
+        # bearer tokens cannot be re-issued: the source's answer per token (jti), until when
+        self._standing: dict[str, tuple[float, User | None]] = {}
+        self._source_down_until = 0.0
 
     def _token(self, headers: list[Header], ctx: RequestContext) -> tuple[str | None, str]:
         route = ctx.route
@@ -59,7 +76,11 @@ class Authenticator:
         if source == "bearer":
             await self._bearer(ctx, claims, expired)
             return
-        if expired or self.sessions.reissue_due(claims.iat, claims.exp):
+        if (
+            expired
+            or self.sessions.clock() >= claims.iat + self.refresh
+            or self.sessions.reissue_due(claims.iat, claims.exp)
+        ):
             await self._reissue(ctx, claims, expired)
             return
         if self.strict and not await self.sessions.check_strict(claims.sid, claims.sub):
@@ -75,7 +96,55 @@ class Authenticator:
         if self.strict and not await self.sessions.check_strict(claims.sid, claims.sub):
             ctx.auth_error = "revoked"
             return
-        ctx.identity = _identity(claims, "bearer")
+        identity = _identity(claims, "bearer")
+        if self.sessions.clock() >= claims.iat + self.refresh:
+            try:
+                user = await self._bearer_standing(claims)
+            except StoreUnavailable:
+                if self.strict:
+                    raise
+                metrics.store_error("authn")
+                user = User(claims.sub, claims.roles)
+            if user is None:
+                ctx.auth_error = "revoked"
+                return
+            identity = Identity(
+                claims.sub, user.roles, claims.sid, claims.exp, "bearer", claims.amr
+            )
+        ctx.identity = identity
+
+    async def _bearer_standing(self, claims: Claims) -> User | None:
+        """The user behind an old bearer token, asked at most once per refresh per token."""
+        now = self.sessions.clock()
+        cached = self._standing.get(claims.jti)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        user = await self._current_user(claims)
+        if user is not None and await self.sessions.check(claims.sid, claims.sub) is None:
+            user = None
+        if len(self._standing) >= _STANDING_LIMIT:
+            self._standing.clear()
+        self._standing[claims.jti] = (now + self.refresh, user)
+        return user
+
+    async def _current_user(self, claims: Claims) -> User | None:
+        """The source's user for this token now; a gone user's sessions end everywhere."""
+        now = self.sessions.clock()
+        if now < self._source_down_until:
+            raise StoreUnavailable("users source unavailable")
+        try:
+            user = await self.users.lookup(claims.sub, claims.username)
+        except StoreUnavailable:
+            self._source_down_until = now + SOURCE_RETRY_SECONDS
+            raise
+        if user is None:
+            try:
+                # removed or disabled: every replica refuses their sessions from now on
+                await self.sessions.revoke_user(claims.sub)
+            except StoreUnavailable:
+                # the refusal stands; other replicas find out at their own refresh
+                metrics.store_error("authn")
+        return user
 
     async def _reissue(self, ctx: RequestContext, claims: Claims, expired: bool) -> None:
         try:
@@ -90,8 +159,22 @@ class Authenticator:
         if session is None:
             self._refuse(ctx, "revoked", "cookie")
             return
+        try:
+            user = await self._current_user(claims)
+        except StoreUnavailable:
+            # the users source is down: as for the store, lazy mode serves a still-valid token
+            if expired or self.strict:
+                raise
+            metrics.store_error("authn")
+            ctx.identity = _identity(claims, "cookie")
+            return
+        if user is None:
+            self._refuse(ctx, "revoked", "cookie")
+            return
         await self.sessions.touch(claims.sid)
-        token, fresh = self.tokens.mint_session(claims.sub, claims.roles, claims.sid, claims.amr)
+        token, fresh = self.tokens.mint_session(
+            claims.sub, user.roles, claims.sid, claims.amr, claims.username
+        )
         ctx.set_cookies.append(self.cookies.set(token))
         metrics.token_reissued()
         ctx.identity = _identity(fresh, "cookie")

@@ -71,6 +71,8 @@ class Core:
             sessions=rt.sessions,
             cookies=rt.cookies,
             strict=config.session.revocation == "strict",
+            users=rt.users,
+            refresh=config.auth.refresh,
         )
 
     async def decide(self, scope: dict) -> Decision:

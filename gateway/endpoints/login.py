@@ -146,9 +146,13 @@ class Login:
             raise Refused(401, "invalid_credentials", "Wrong username or password.") from None
         # a second factor due for this user is asked for here, from signed_in.amr, before a session
         user_id = signed_in.user_id
+        previous = ctx.identity
+        if previous is not None and previous.source == "cookie":
+            # session fixation: a sign-in never continues the session the browser held before
+            await rt.sessions.revoke(previous.sid)
         session = await rt.sessions.create(user_id)
         token, claims = rt.tokens.mint_session(
-            user_id, signed_in.roles, session.sid, amr=signed_in.amr
+            user_id, signed_in.roles, session.sid, amr=signed_in.amr, username=signed_in.username
         )
         log.info("login ok user=%r client=%s", user_id, address)
         metrics.login("ok")

@@ -12,10 +12,14 @@ MAX_PASSWORD_BYTES = 1024
 
 @dataclass(frozen=True)
 class User:
-    """An authenticated user: the id goes in `sub`, the roles in `roles`."""
+    """An authenticated user: the id goes in `sub`, the roles in `roles`.
+
+    `name` is what the source finds the user by again (`lookup`) when that is not the id.
+    """
 
     id: str
     roles: tuple[str, ...] = field(default_factory=tuple)
+    name: str = ""
 
 
 class UserBackend(Protocol):
@@ -25,6 +29,13 @@ class UserBackend(Protocol):
     """
 
     async def authenticate(self, username: str, password: str) -> User | None: ...
+
+    async def lookup(self, user_id: str, name: str = "") -> User | None:
+        """The user as the source has them now (current roles); None if removed or disabled.
+
+        `name` is the User.name the source gave at sign-in ("" when it gave none).
+        """
+        ...
 
     async def close(self) -> None: ...
 

@@ -7,12 +7,13 @@ import logging
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gateway.config import Config
 from gateway.sources.base import MAX_PASSWORD_BYTES, User, canonical_username
 from gateway.sources.hashes import UnknownHashFormat, burn_time, hash_password, verify_password
+from gateway.store.base import StoreUnavailable
 
 log = logging.getLogger("gateway.users")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
@@ -49,6 +50,7 @@ class UserRecord:
     name: str
     hash: str
     roles: tuple[str, ...]
+    disabled: bool = False  # a disabled user cannot sign in and their sessions end
 
 
 def read_users(path: Path) -> dict[str, UserRecord]:
@@ -69,7 +71,10 @@ def read_users(path: Path) -> dict[str, UserRecord]:
         roles = entry.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise UsersFileError(f"{path}: users.{name}.roles must be a list of strings")
-        out[name] = UserRecord(name, entry["hash"], tuple(roles))
+        disabled = entry.get("disabled", False)
+        if not isinstance(disabled, bool):
+            raise UsersFileError(f"{path}: users.{name}.disabled must be true or false")
+        out[name] = UserRecord(name, entry["hash"], tuple(roles), disabled)
     return out
 
 
@@ -88,8 +93,10 @@ def write_users(path: Path, users: dict[str, UserRecord]) -> None:
             f"[users.{_toml_string(name)}]",
             f"hash = {_toml_string(record.hash)}",
             f"roles = [{roles}]",
-            "",
         ]
+        if record.disabled:
+            lines.append("disabled = true")
+        lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -108,7 +115,8 @@ def set_user(path: Path, name: str, password: str, roles: tuple[str, ...] | None
     users = read_users(path)
     if roles is None:
         roles = users[name].roles if name in users else ()
-    record = UserRecord(name, hash_password(password), check_roles(list(roles)))
+    disabled = users[name].disabled if name in users else False
+    record = UserRecord(name, hash_password(password), check_roles(list(roles)), disabled)
     users[name] = record
     write_users(path, users)
     return record
@@ -122,6 +130,18 @@ def remove_user(path: Path, name: str) -> None:
         raise UsersFileError(f"no user {name!r}")
     del users[canonical]
     write_users(path, users)
+
+
+def set_disabled(path: Path, name: str, disabled: bool) -> UserRecord:
+    """Disable a user (no sign-in, sessions refused) or enable them again."""
+    canonical = canonical_username(name)
+    users = read_users(path)
+    if canonical not in users:
+        raise UsersFileError(f"no user {name!r}")
+    record = replace(users[canonical], disabled=disabled)
+    users[canonical] = record
+    write_users(path, users)
+    return record
 
 
 class FileUsers:
@@ -146,7 +166,7 @@ class FileUsers:
     async def authenticate(self, username: str, password: str) -> User | None:
         """The user if the password is right; None otherwise, after the same work either way."""
         record = self._current().get(canonical_username(username))
-        if record is None:
+        if record is None or record.disabled:
             # spend what a real verification costs, so timing does not tell who exists
             await asyncio.to_thread(burn_time, password)
             return None
@@ -156,6 +176,17 @@ class FileUsers:
             log.warning("users file: login refused for %r: %s", record.name, exc)
             return None
         return User(record.name, record.roles) if ok else None
+
+    async def lookup(self, user_id: str, name: str = "") -> User | None:
+        """The user as the file has them now; None if removed or disabled (ids are names)."""
+        try:
+            record = self._current().get(user_id)
+        except UsersFileError as exc:
+            # a half-written or broken file says nothing about this user: as if it were down
+            raise StoreUnavailable(str(exc)) from None
+        if record is None or record.disabled:
+            return None
+        return User(record.name, record.roles)
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -336,6 +336,12 @@ class HtpasswdUsers:
         # stat, re-read and hash checks all run in a worker thread, off the event loop
         return await asyncio.to_thread(self._check, username, password)
 
+    async def lookup(self, user_id: str, name: str = "") -> User | None:
+        """The user as the file has them now; None once their line is gone (ids are names)."""
+        table = await asyncio.to_thread(self._current)
+        entry = table.users.get(user_id)
+        return User(entry.name, self.roles) if entry is not None else None
+
     async def close(self) -> None:
         """Nothing to release."""
 

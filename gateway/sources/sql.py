@@ -193,7 +193,24 @@ class SqlUsers:
                 hash_format(stored),
             )
             return None
-        return User(user_id, roles) if ok else None
+        return User(user_id, roles, username) if ok else None
+
+    def _current(self, user_id: str, username: str) -> User | None:
+        if "\x00" in username or not encodable(username):
+            return None
+        try:
+            found = self._lookup(username)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            log.error("sql users: database error: %s", _reason(exc))
+            raise StoreUnavailable("users database unavailable") from exc
+        # the name now belongs to another row (renamed, re-created): not this session's user
+        if found is None or found[0] != user_id:
+            return None
+        return User(user_id, found[2], username)
+
+    async def lookup(self, user_id: str, name: str = "") -> User | None:
+        """The row the query finds now for the name signed in with, if it still has this id."""
+        return await asyncio.to_thread(self._current, user_id, name or user_id)
 
     async def authenticate(self, username: str, password: str) -> User | None:
         """The user if the password is right, else None; StoreUnavailable if the db is down."""
