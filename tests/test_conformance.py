@@ -33,8 +33,6 @@ branch), a rule is one `Case` in `CASES`.
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,18 +42,17 @@ from urllib.parse import quote
 import httpx
 import jwt
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from werkzeug.serving import make_server
 
 from gateway import asgi, wsgi
-from tests.conftest import USERS, add_users, free_port, start_gateway, wait_port, write_config
+from tests.conftest import USERS, add_users, free_port, start_gateway, write_config
 from tests.rawhttp import RawResponse, raw_request
 from tests.services import need
 from tests.test_forward_auth import nginx_binary, nginx_config, start_nginx, stop
+from tests.test_middleware import UvicornServer, WerkzeugServer
 from tests.upstream import RecordingUpstream
 
 # -- the one config ---------------------------------------------------------------------------
@@ -430,35 +427,6 @@ class Mode:
         return [s for s in self.seen() if f"m={marker}" in s.query]
 
 
-class UvicornThread:
-    def __init__(self, app, port: int) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-
-
-class WerkzeugThread:
-    def __init__(self, app, port: int) -> None:
-        self.server = make_server("127.0.0.1", port, app, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        wait_port(port)
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(timeout=10)
-
-
 def gateway_config(directory: Path, port: int, public_url: str, upstream: str, extra: str = ""):
     extra = f'[server]\npublic_url = "{public_url}"\n{extra}'
     config = write_config(
@@ -485,7 +453,7 @@ def mode(request, tmp_path_factory) -> Iterator[Mode]:
     elif name == "asgi":
         seen: list[Seen] = []
         config = gateway_config(directory, port, public_url, "http://127.0.0.1:9")
-        server = UvicornThread(asgi.GatewayMiddleware(record_starlette(seen), config), port)
+        server = UvicornServer(asgi.GatewayMiddleware(record_starlette(seen), config), port)
         try:
             yield Mode(name, port, public_url, lambda: list(seen))
         finally:
@@ -494,7 +462,7 @@ def mode(request, tmp_path_factory) -> Iterator[Mode]:
         seen = []
         config = gateway_config(directory, port, public_url, "http://127.0.0.1:9")
         middleware = wsgi.GatewayMiddleware(record_wsgi(seen), config)
-        server = WerkzeugThread(middleware, port)
+        server = WerkzeugServer(middleware, port)
         try:
             yield Mode(name, port, public_url, lambda: list(seen))
         finally:
