@@ -149,20 +149,10 @@ class Authenticator:
     async def _reissue(self, ctx: RequestContext, claims: Claims, expired: bool) -> None:
         try:
             session = await self.sessions.check(claims.sid, claims.sub)
+            user = await self._current_user(claims) if session is not None else None
         except StoreUnavailable:
-            # lazy mode may serve a still-valid token without re-issuing; anything else fails closed
-            if expired or self.strict:
-                raise
-            metrics.store_error("authn")
-            ctx.identity = _identity(claims, "cookie")
-            return
-        if session is None:
-            self._refuse(ctx, "revoked", "cookie")
-            return
-        try:
-            user = await self._current_user(claims)
-        except StoreUnavailable:
-            # the users source is down: as for the store, lazy mode serves a still-valid token
+            # the store or the users source is down: lazy mode may serve a still-valid token
+            # without re-issuing; anything else fails closed
             if expired or self.strict:
                 raise
             metrics.store_error("authn")
