@@ -24,27 +24,45 @@ class LoginLimiter:
     def _keys(username: str, address: str) -> tuple[str, str]:
         return f"login:user:{username}", f"login:addr:{address}"
 
-    async def retry_after(self, username: str, address: str) -> int | None:
-        """Seconds until this user or address may try again, or None when not locked out."""
+    @staticmethod
+    def _account_key(account: str) -> str:
+        return f"login:account:{account}"
+
+    async def retry_after(self, username: str, address: str, account: str = "") -> int | None:
+        """Seconds until this user, address or account may try again; None when not locked.
+
+        `account` is the id of the entry a source found for the name, when that differs.
+        """
         now = self.clock()
         until = 0.0
-        for key in self._keys(username, address):
+        keys = self._keys(username, address)
+        if account:
+            keys = (*keys, self._account_key(account))
+        for key in keys:
             locked = await self.store.lockout_until(key, now)
             if locked is not None:
                 until = max(until, locked)
         return max(1, math.ceil(until - now)) if until > now else None
 
-    async def failed(self, username: str, address: str) -> None:
-        """Record a failure for both the user and the address; lock out past the limit."""
+    async def failed(self, username: str, address: str, account: str = "") -> None:
+        """Record a failure for the user, the address and the account; lock out past the limit.
+
+        `account` (the id of the entry the source found, when not the name) shares one budget
+        among every spelling of a name that a source matches to the same entry.
+        """
         now = self.clock()
         user_key, addr_key = self._keys(username, address)
         window = self.config.window
-        if await self.store.add_failure(user_key, now, window) >= self.config.max_failures:
-            await self.store.set_lockout(user_key, now + self.config.lockout, now)
+        user_keys = [user_key] + ([self._account_key(account)] if account else [])
+        for key in user_keys:
+            if await self.store.add_failure(key, now, window) >= self.config.max_failures:
+                await self.store.set_lockout(key, now + self.config.lockout, now)
         limit = self.config.max_failures * ADDRESS_FACTOR
         if await self.store.add_failure(addr_key, now, window) >= limit:
             await self.store.set_lockout(addr_key, now + self.config.lockout, now)
 
-    async def succeeded(self, username: str) -> None:
-        """A good login forgets the user's earlier failures (not the address's)."""
+    async def succeeded(self, username: str, account: str = "") -> None:
+        """A good login forgets the user's and account's earlier failures (not the address's)."""
         await self.store.clear_failures(self._keys(username, "")[0])
+        if account:
+            await self.store.clear_failures(self._account_key(account))

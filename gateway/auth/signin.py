@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.auth.limits import LoginLimiter
-from gateway.sources.base import UserBackend, canonical_username
+from gateway.sources.base import UserBackend, WrongPassword, canonical_username
 from gateway.store.base import StoreUnavailable
 
 
@@ -71,13 +71,24 @@ class PasswordSignIn:
         if wait is not None:
             raise LockedOut(name, wait)
         try:
-            # the name as typed: a source compares by its own rule (the file source by
-            # canonical_username, an SQL database by its collation)
-            user = await self.source.authenticate(username, password)
+            # every source is asked with the canonical name; an SQL collation or a directory's
+            # matching rule may still find one entry by several names, hence `account` below
+            user = await self.source.authenticate(name, password)
         except StoreUnavailable as exc:
             raise SourceUnavailable(name, str(exc)) from exc
         if user is None:
             await self.limiter.failed(name, address)
             raise InvalidCredentials(name)
-        await self.limiter.succeeded(name)
+        # the entry's own id, when another than the name: one failure budget for all its names
+        account = user.user_id if isinstance(user, WrongPassword) else user.id
+        account = "" if account == name else account
+        if isinstance(user, WrongPassword):
+            await self.limiter.failed(name, address, account)
+            raise InvalidCredentials(name)
+        if account:
+            wait = await self.limiter.retry_after(name, address, account)
+            if wait is not None:
+                # locked by failures under another spelling: even the right password waits
+                raise LockedOut(name, wait)
+        await self.limiter.succeeded(name, account)
         return SignedIn(user.id, tuple(user.roles), self.source_name, self.amr, user.name)

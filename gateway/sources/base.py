@@ -22,13 +22,27 @@ class User:
     name: str = ""
 
 
-class UserBackend(Protocol):
-    """Checks a username and password; None for an unknown user or a wrong password alike.
+@dataclass(frozen=True)
+class WrongPassword:
+    """A wrong password for the entry the name found, whose id is `user_id`.
 
-    A source that cannot be reached raises StoreUnavailable (gateway.store.base).
+    A source whose entries may be found by more than one spelling (an SQL collation, a
+    directory's matching rules) returns this, so failures count against the entry whatever
+    spelling was typed; a source whose ids are the canonical names may return None instead.
     """
 
-    async def authenticate(self, username: str, password: str) -> User | None: ...
+    user_id: str
+
+
+class UserBackend(Protocol):
+    """Checks a username and password: the User, WrongPassword, or None (unknown user).
+
+    `username` arrives canonical (canonical_username). A caller answers WrongPassword and
+    None alike, so neither is revealed. A source that cannot be reached raises
+    StoreUnavailable (gateway.store.base).
+    """
+
+    async def authenticate(self, username: str, password: str) -> User | WrongPassword | None: ...
 
     async def lookup(self, user_id: str, name: str = "") -> User | None:
         """The user as the source has them now (current roles); None if removed or disabled.

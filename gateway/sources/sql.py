@@ -22,7 +22,7 @@ import sqlalchemy
 from sqlalchemy import event
 
 from gateway.config import Config
-from gateway.sources.base import User, encodable
+from gateway.sources.base import User, WrongPassword, encodable
 from gateway.sources.hashes import UnknownHashFormat, burn_time, hash_format, verify_password
 from gateway.store.base import StoreUnavailable
 
@@ -165,7 +165,7 @@ class SqlUsers:
             finally:
                 conn.rollback()
 
-    def _check(self, username: str, password: str) -> User | None:
+    def _check(self, username: str, password: str) -> User | WrongPassword | None:
         # no database stores a NUL or a lone surrogate in a name; PostgreSQL would error on it
         if "\x00" in username or not encodable(username):
             burn_time(password)
@@ -193,7 +193,7 @@ class SqlUsers:
                 hash_format(stored),
             )
             return None
-        return User(user_id, roles, username) if ok else None
+        return User(user_id, roles, username) if ok else WrongPassword(user_id)
 
     def _current(self, user_id: str, username: str) -> User | None:
         if "\x00" in username or not encodable(username):
@@ -212,8 +212,11 @@ class SqlUsers:
         """The row the query finds now for the name signed in with, if it still has this id."""
         return await asyncio.to_thread(self._current, user_id, name or user_id)
 
-    async def authenticate(self, username: str, password: str) -> User | None:
-        """The user if the password is right, else None; StoreUnavailable if the db is down."""
+    async def authenticate(self, username: str, password: str) -> User | WrongPassword | None:
+        """The user if the password is right, WrongPassword or None (unknown) if not.
+
+        StoreUnavailable if the database is down.
+        """
         return await asyncio.to_thread(self._check, username, password)
 
     async def close(self) -> None:
