@@ -171,6 +171,14 @@ def run_main(work: Path, plan: Plan, report: Report, baseline: Baseline | None =
                 old.name = f"{name} {baseline.label}"
                 before[(workers, algorithm)] = old
                 targets.append((old, path, "bench"))
+    # the same 1-worker setup with refresh out of reach: beside "5 gateway 1w EdDSA" (the
+    # default refresh, "1m", which the bench's one session passes from the second round on),
+    # it shows what asking the users source again costs
+    no_refresh = setups.start_gateway(
+        work, "gw-1w-EdDSA-refresh-12h", upstream, "EdDSA", secret, 1, refresh="12h"
+    )
+    no_refresh.name = "5 gateway 1w EdDSA, refresh 12h"
+    targets.append((no_refresh, path, "bench"))
     for target, p, user in targets:
         check(target, p, user)
         # warm pools, caches and JITs before anything is recorded

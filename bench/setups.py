@@ -228,9 +228,18 @@ def bench_path(route_count: int) -> str:
 
 
 def write_gateway_config(
-    work: Path, name: str, upstream: Target, algorithm: str, secret: str, routes: int
+    work: Path,
+    name: str,
+    upstream: Target,
+    algorithm: str,
+    secret: str,
+    routes: int,
+    refresh: str = "",
 ) -> Path:
-    """A gateway.toml: sqlite store, full header rewriting, assertion header on."""
+    """A gateway.toml: sqlite store, full header rewriting, assertion header on.
+
+    `refresh` sets `[auth] refresh` (unset: the gateway's default, "1m").
+    """
     directory = work / name
     directory.mkdir(exist_ok=True)
     port = procs.free_port()
@@ -246,6 +255,7 @@ def write_gateway_config(
 
             [auth]
             users_file = "users.toml"
+            {f'refresh = "{refresh}"' if refresh else ""}
 
             [session]
             # the bench user's one login must outlast the run: access_ttl <= max_age
@@ -309,6 +319,7 @@ def start_gateway(
     variant: str = "",
     gateway: Path | None = None,
     env: dict[str, str | None] | None = None,
+    refresh: str = "",
 ) -> Target:
     """`gateway run` with this many workers, and a session token for its bench user.
 
@@ -317,7 +328,7 @@ def start_gateway(
     the environment. The bench user is added with that gateway's CLI and logs in over HTTP,
     so nothing of the gateway is imported here.
     """
-    config = write_gateway_config(work, name, upstream, algorithm, secret, routes)
+    config = write_gateway_config(work, name, upstream, algorithm, secret, routes, refresh)
     cli = gateway or Path(sys.executable).with_name("gateway")
     password = add_user(cli, config, env)
     port = int(config.read_text().split('listen = "127.0.0.1:', 1)[1].split('"', 1)[0])

@@ -42,7 +42,8 @@ class Authenticator:
         self.strict = strict
         self.users = users
         self.refresh = refresh
-        # bearer tokens cannot be re-issued: the source's answer per token (jti), until when
+        # the source's answer per session (sid), until the next refresh is due: bearer tokens
+        # cannot be re-issued, and a cookie client may keep sending the old token
         self._standing: dict[str, tuple[float, User | None]] = {}
         self._source_down_until = 0.0
 
@@ -76,17 +77,26 @@ class Authenticator:
         if source == "bearer":
             await self._bearer(ctx, claims, expired)
             return
-        if (
-            expired
-            or self.sessions.clock() >= claims.iat + self.refresh
-            or self.sessions.reissue_due(claims.iat, claims.exp)
-        ):
+        now = self.sessions.clock()
+        if expired or self.sessions.reissue_due(claims.iat, claims.exp):
             await self._reissue(ctx, claims, expired)
             return
+        identity = _identity(claims, source)
+        if now >= claims.iat + self.refresh:
+            standing = self._standing.get(claims.sid)
+            if standing is None or standing[0] <= now or standing[1] is None:
+                # asked again at most once per refresh per session: a client that keeps
+                # sending the old cookie (a script, a burst of parallel requests) is answered
+                # from that one answer until the next refresh
+                await self._reissue(ctx, claims, expired)
+                return
+            identity = Identity(
+                claims.sub, standing[1].roles, claims.sid, claims.exp, source, claims.amr
+            )
         if self.strict and not await self.sessions.check_strict(claims.sid, claims.sub):
             self._refuse(ctx, "revoked", source)
             return
-        ctx.identity = _identity(claims, source)
+        ctx.identity = identity
 
     async def _bearer(self, ctx: RequestContext, claims: Claims, expired: bool) -> None:
         # a bearer client holds no cookie to refresh: an expired token is simply refused
@@ -114,18 +124,22 @@ class Authenticator:
         ctx.identity = identity
 
     async def _bearer_standing(self, claims: Claims) -> User | None:
-        """The user behind an old bearer token, asked at most once per refresh per token."""
+        """The user behind an old bearer token, asked at most once per refresh per session."""
         now = self.sessions.clock()
-        cached = self._standing.get(claims.jti)
+        cached = self._standing.get(claims.sid)
         if cached is not None and cached[0] > now:
             return cached[1]
         user = await self._current_user(claims)
         if user is not None and await self.sessions.check(claims.sid, claims.sub) is None:
             user = None
+        self._stand(claims.sid, user, now)
+        return user
+
+    def _stand(self, sid: str, user: User | None, now: float) -> None:
+        """Remember the source's answer for this session until the next refresh is due."""
         if len(self._standing) >= _STANDING_LIMIT:
             self._standing.clear()
-        self._standing[claims.jti] = (now + self.refresh, user)
-        return user
+        self._standing[sid] = (now + self.refresh, user)
 
     async def _current_user(self, claims: Claims) -> User | None:
         """The source's user for this token now; a gone user's sessions end everywhere."""
@@ -159,8 +173,10 @@ class Authenticator:
             ctx.identity = _identity(claims, "cookie")
             return
         if user is None:
+            self._standing.pop(claims.sid, None)
             self._refuse(ctx, "revoked", "cookie")
             return
+        self._stand(claims.sid, user, self.sessions.clock())
         await self.sessions.touch(claims.sid)
         token, fresh = self.tokens.mint_session(
             claims.sub, user.roles, claims.sid, claims.amr, claims.username
