@@ -49,6 +49,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config)
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of gateway.toml, generated from the config model, for editors."""
+    from gateway.config.schema import schema_json
+
+    sys.stdout.write(schema_json())
+    return 0
+
+
 # -- users ------------------------------------------------------------------------------
 
 
@@ -268,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="gateway + demo apps + demo user")
     demo.set_defaults(func=cmd_demo)
+
+    # no -c: the schema is the model's, the same whatever a config file holds
+    schema = sub.add_parser("schema", help="print the JSON Schema of gateway.toml (for editors)")
+    schema.set_defaults(func=cmd_schema)
 
     users = sub.add_parser("users", help="manage the users file")
     users_sub = users.add_subparsers(dest="users_command", required=True)

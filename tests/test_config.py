@@ -242,6 +242,14 @@ def test_the_metrics_listener_binds_the_parsed_admin_address(tmp_path):
         listener.close()
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_duration_that_is_not_a_finite_number_is_refused(tmp_path, value):
+    raw = {"routes": [{**ROUTE, "timeout": value}]}
+    with pytest.raises(ConfigError) as info:
+        build_config(raw, tmp_path, env={})
+    assert info.value.errors == [f"routes[0].timeout: {value!r} is not a duration"]
+
+
 def test_a_bad_admin_listen_names_the_field(tmp_path):
     raw = {"server": {"admin_listen": "nowhere"}, "routes": [ROUTE]}
     with pytest.raises(ConfigError) as info:

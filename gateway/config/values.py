@@ -6,6 +6,7 @@ A converter's message completes "<field path>: <value> ...", e.g. `is not an htt
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("is not a duration")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("is not a duration")
         if value < 0:
             raise ValueError("must not be negative")
         return float(value)
