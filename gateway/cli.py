@@ -97,7 +97,11 @@ def cmd_users(args: argparse.Namespace) -> int:
     config = _load(args, require_upstream=False)
     if config.auth.users != "file":
         # the gateway never writes to another source: the operator's own tools manage it
-        where = {"sql": "in the SQL database", "htpasswd": "in the htpasswd file (htpasswd -B)"}
+        where = {
+            "sql": "in the SQL database",
+            "htpasswd": "in the htpasswd file (htpasswd -B)",
+            "ldap": "in the directory",
+        }
         raise Failure(
             f"users are managed {where.get(config.auth.users, 'elsewhere')} "
             f'(auth.users = "{config.auth.users}"); this command edits auth.users_file only'

@@ -18,6 +18,7 @@ from gateway.config import (
     ConfigError,
     IdentityConfig,
     KeysConfig,
+    LdapConfig,
     LoginLimitsConfig,
     Route,
     ServerConfig,
@@ -38,6 +39,7 @@ TABLES: list[tuple[str, type, Callable[[Config], Any]]] = [
     ("server", ServerConfig, lambda c: c.server),
     ("auth", AuthConfig, lambda c: c.auth),
     ("auth.sql", SqlUsersConfig, lambda c: c.auth.sql),
+    ("auth.ldap", LdapConfig, lambda c: c.auth.ldap),
     ("session", SessionConfig, lambda c: c.session),
     ("keys", KeysConfig, lambda c: c.keys),
     ("store", StoreConfig, lambda c: c.store),
@@ -88,7 +90,11 @@ def _changed(value: object) -> object:
 
 
 # the fields whose default is None (unset), and something else they could default to
-CHANGED_NONE = {"host": "changed.example", "methods": frozenset({"PATCH"})}
+CHANGED_NONE = {
+    "host": "changed.example",
+    "methods": frozenset({"PATCH"}),
+    "ca_file": Path("changed-ca.pem"),
+}
 
 
 # a default that is a rule rather than a value
@@ -145,6 +151,9 @@ CHOICES = {
 CHOICE_NEEDS = {
     ("users", "sql"): {
         "sql": {"dsn": "sqlite:///users.db", "query": "SELECT id, hash FROM u WHERE n = :username"}
+    },
+    ("users", "ldap"): {
+        "ldap": {"bind_dn": "cn=gw,dc=t", "bind_password": "pw", "base_dn": "ou=people,dc=t"}
     },
     ("algorithm", "HS256"): {"secret": secrets.token_urlsafe(48)},
 }

@@ -9,7 +9,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 # the fixed choices, written once: validation lists these very values in its errors
-UsersSource = Literal["file", "sql", "htpasswd"]
+UsersSource = Literal["file", "sql", "htpasswd", "ldap"]
 SameSite = Literal["lax", "strict", "none"]
 Revocation = Literal["lazy", "strict"]
 Algorithm = Literal["EdDSA", "ES256", "RS256", "HS256"]
@@ -62,6 +62,28 @@ class SqlUsersConfig:
 
 
 @dataclass(frozen=True)
+class LdapConfig:
+    """An LDAP directory or Active Directory that holds the users (`auth.users = "ldap"`)."""
+
+    url: str = "ldap://127.0.0.1:389"  # or ldaps://
+    start_tls: bool = False
+    ca_file: Path | None = None  # the CA for ldaps:// and StartTLS; unset: the system's
+    bind_dn: str = ""  # the service account that searches
+    bind_password: str = ""
+    base_dn: str = ""
+    user_filter: str = "(&(objectClass=inetOrgPerson)(uid={username}))"  # {username} escaped
+    user_attribute: str = "uid"  # its value, canonical, is the user id (AD: sAMAccountName)
+    group_base_dn: str = ""  # unset: base_dn
+    # {dn}: the user's DN (groupOfNames member); {username}: the name (posixGroup memberUid)
+    group_filter: str = "(&(objectClass=groupOfNames)(member={dn}))"
+    member_of_attribute: str = ""  # e.g. "memberOf": the entry lists its groups itself
+    nested_groups: bool = False  # groups that are members of groups give their roles too
+    role_attribute: str = "cn"  # a group's role name
+    timeout: float = 5.0  # connect, each search, each bind
+    pool_size: int = 4  # service-account connections kept open
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """The gateway's own endpoints and where credentials live."""
 
@@ -75,6 +97,7 @@ class AuthConfig:
     htpasswd_allow_weak_hashes: bool = False  # accept its {SHA} and $apr1$ (MD5) entries
     htpasswd_roles: tuple[str, ...] = ()  # every htpasswd user's (oauth2-proxy's user groups)
     sql: SqlUsersConfig = field(default_factory=SqlUsersConfig)
+    ldap: LdapConfig = field(default_factory=LdapConfig)
 
 
 @dataclass(frozen=True)

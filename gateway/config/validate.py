@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from gateway.config.model import (
     Config,
     IdentityConfig,
     KeysConfig,
+    LdapConfig,
     LoginLimitsConfig,
     Revocation,
     Route,
@@ -217,6 +218,8 @@ def _auth(r: _Reader, base_dir: Path) -> AuthConfig:
         allow_weak_hashes=s.get("allow_weak_hashes", v.boolean),
     )
     s.finish()
+    r.seen.add("ldap")
+    ldap = _ldap(_Reader(r.raw.get("ldap"), "auth.ldap", r.errors, LdapConfig), base_dir, users)
     errors = r.errors
     if users == "sql":
         if not sql.dsn:
@@ -236,9 +239,63 @@ def _auth(r: _Reader, base_dir: Path) -> AuthConfig:
         htpasswd_allow_weak_hashes=htpasswd_allow_weak_hashes,
         htpasswd_roles=htpasswd_roles,
         sql=sql,
+        ldap=ldap,
     )
     r.finish()
     return auth
+
+
+def _ldap(r: _Reader, base_dir: Path, users: str) -> LdapConfig:
+    ca_file = r.get("ca_file", v.string)
+    ldap = LdapConfig(
+        url=r.get("url", v.ldap_url),
+        start_tls=r.get("start_tls", v.boolean),
+        ca_file=base_dir / ca_file if ca_file else None,
+        bind_dn=r.get("bind_dn", v.string),
+        bind_password=r.get("bind_password", v.string),
+        base_dn=r.get("base_dn", v.string),
+        user_filter=r.get("user_filter", v.ldap_filter),
+        user_attribute=r.get("user_attribute", v.ldap_attribute),
+        group_base_dn=r.get("group_base_dn", v.string),
+        group_filter=r.get("group_filter", v.ldap_filter),
+        member_of_attribute=r.get("member_of_attribute", lambda x: v.string(x).strip()),
+        nested_groups=r.get("nested_groups", v.boolean),
+        role_attribute=r.get("role_attribute", v.ldap_attribute),
+        timeout=r.get("timeout", v.positive_duration),
+        pool_size=r.get("pool_size", v.positive_int),
+    )
+    r.finish()
+    if users != "ldap":
+        return ldap
+    errors = r.errors
+    need = 'users = "ldap" needs'
+    for key, what in (
+        ("bind_dn", "the DN of the service account that searches"),
+        ("bind_password", 'the service account\'s password, e.g. "${LDAP_PASSWORD}"'),
+        ("base_dn", "the DN to search for users under"),
+    ):
+        unset = any(e.startswith(f"auth.ldap.{key}: environment") for e in errors)
+        if not getattr(ldap, key).strip() and not unset:
+            errors.append(f"auth.ldap.{key}: missing; {need} {what}")
+    if ldap.user_filter and "{username}" not in ldap.user_filter:
+        errors.append(f"auth.ldap.user_filter: {ldap.user_filter!r} does not use {{username}}")
+    elif not ldap.user_filter:
+        errors.append(f"auth.ldap.user_filter: missing; {need} a filter with {{username}}")
+    if ldap.group_filter and not ("{dn}" in ldap.group_filter or "{username}" in ldap.group_filter):
+        errors.append(
+            f"auth.ldap.group_filter: {ldap.group_filter!r} uses neither {{dn}} nor {{username}}"
+        )
+    if ldap.nested_groups and "{dn}" not in ldap.group_filter and not ldap.member_of_attribute:
+        errors.append(
+            "auth.ldap.nested_groups: needs a group_filter with {dn} or a member_of_attribute"
+        )
+    if ldap.start_tls and ldap.url.startswith("ldaps://"):
+        errors.append("auth.ldap.start_tls: not with an ldaps:// url, which is TLS already")
+    if ldap.ca_file is not None and not ldap.ca_file.is_file():
+        errors.append(f"auth.ldap.ca_file: {str(ldap.ca_file)!r} is not a file")
+    if not ldap.group_base_dn:
+        ldap = replace(ldap, group_base_dn=ldap.base_dn)
+    return ldap
 
 
 def _roles(value: object) -> tuple[str, ...]:

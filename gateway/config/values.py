@@ -251,3 +251,44 @@ def methods(value: object) -> frozenset[str]:
     if "GET" in upper:
         upper.add("HEAD")
     return frozenset(upper)
+
+
+def ldap_url(value: object) -> str:
+    """`auth.ldap.url`: ldap://host[:port] or ldaps://host[:port], nothing after."""
+    text = nonempty(value).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in {"ldap", "ldaps"} or not parts.hostname:
+        raise ValueError("is not an ldap:// or ldaps:// URL")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if parts.path.strip("/") or parts.query or parts.fragment or parts.username:
+        raise ValueError("must be only ldap[s]://host[:port] (the base DN is base_dn)")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def ldap_filter(value: object) -> str:
+    """An LDAP search filter (RFC 4515) in parentheses; {username} and {dn} are placeholders."""
+    from ldap3.core.exceptions import LDAPException
+    from ldap3.operation.search import parse_filter
+
+    text = string(value).strip()
+    if not text:
+        return ""
+    sample = text.replace("{username}", "x").replace("{dn}", "cn=x")
+    if "{" in sample or "}" in sample:
+        raise ValueError("has a placeholder other than {username} and {dn}")
+    try:
+        parse_filter(sample, None, True, True, None, False)
+    except (LDAPException, ValueError, IndexError) as exc:
+        raise ValueError(f"is not a valid LDAP filter ({exc})") from None
+    return text
+
+
+def ldap_attribute(value: object) -> str:
+    """An LDAP attribute name: a descriptor like `cn` or `sAMAccountName`, or an OID."""
+    text = nonempty(value).strip()
+    if not re.match(r"^([A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+)$", text):
+        raise ValueError("is not an LDAP attribute name")
+    return text

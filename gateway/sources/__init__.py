@@ -16,6 +16,7 @@ SOURCES = {
     "file": "gateway.sources.file",
     "sql": "gateway.sources.sql",
     "htpasswd": "gateway.sources.htpasswd",
+    "ldap": "gateway.sources.ldap",
 }
 
 
