@@ -128,14 +128,17 @@ def cmd_users(args: argparse.Namespace) -> int:
         elif args.users_command == "remove":
             remove_user(path, args.name)
             print(f"removed {args.name}")
+            _audit(config, "user.removed", user=canonical_username(args.name), by="cli")
             _end_sessions(config, canonical_username(args.name))
         elif args.users_command == "disable":
             record = set_disabled(path, args.name, True)
             print(f"disabled {record.name}")
+            _audit(config, "user.disabled", user=record.name, by="cli")
             _end_sessions(config, record.name)
         elif args.users_command == "enable":
             record = set_disabled(path, args.name, False)
             print(f"enabled {record.name}")
+            _audit(config, "user.enabled", user=record.name, by="cli")
     except UsersFileError as exc:
         raise Failure(str(exc)) from None
     return 0
@@ -164,6 +167,15 @@ def _end_sessions(config: Config, user: str) -> None:
             f"store unavailable: {exc}; {user}'s sessions end at their next refresh"
         ) from None
     print(f"revoked {count} session(s) of {user}")
+    _audit(config, "session.revoked", user=user, count=count, reason="user changed", by="cli")
+
+
+def _audit(config: Config, name: str, **fields: object) -> None:
+    """An audit event from the CLI, to the file the config names (or the log)."""
+    from gateway import audit
+
+    audit.configure(config.audit.file)
+    audit.event(name, **fields)
 
 
 # -- keys -------------------------------------------------------------------------------
@@ -202,6 +214,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(table(rows))
         elif args.keys_command == "rotate":
             kid = write_key(directory, config.keys.algorithm)
+            _audit(config, "key.rotated", kid=kid, algorithm=config.keys.algorithm, by="cli")
             print(
                 f"new key {kid}: verifies now, signs in {ACTIVATE_AFTER:.0f}s; "
                 "earlier keys keep verifying until retired"
@@ -209,6 +222,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         elif args.keys_command == "retire":
             retire_key(directory, args.kid)
             print(f"retired {args.kid}")
+            _audit(config, "key.retired", kid=args.kid, by="cli")
     except KeyFileError as exc:
         raise Failure(str(exc)) from None
     return 0
@@ -234,12 +248,15 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                 print(table(rows))
             else:
                 target = args.target
-                if await store.get_session(target) is not None:
+                found = await store.get_session(target)
+                if found is not None:
                     await store.revoke_session(target)
                     print(f"revoked session {target}")
+                    _audit(config, "session.revoked", user=found.user, session=target, by="cli")
                 else:
                     count = await store.revoke_user_sessions(target)
                     print(f"revoked {count} session(s) of {target}")
+                    _audit(config, "session.revoked", user=target, count=count, by="cli")
         except StoreUnavailable as exc:
             raise Failure(f"store unavailable: {exc}") from None
         finally:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway import audit
 from gateway.auth.cookies import CookieJar
 from gateway.auth.keys import ensure_key
 from gateway.auth.limits import LoginLimiter
@@ -42,6 +43,7 @@ def build_runtime(
     config: Config, clock: Callable[[], float] = time.time, store: Store | None = None
 ) -> Runtime:
     """Keys, tokens, store (or the one given), sessions, users, limits and sign-in for a config."""
+    audit.configure(config.audit.file)
     ensure_key(config.keys.dir, config.keys.algorithm)
     keyring = Keyring(config.keys, clock)
     tokens = Tokens(keyring, config.server.public_url, config.session.access_ttl, clock)

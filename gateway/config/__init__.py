@@ -9,6 +9,7 @@ from gateway.config.load import DEFAULT_CONFIG, build_config, config_path, inter
 from gateway.config.model import (
     HTTP_METHODS,
     Algorithm,
+    AuditConfig,
     AuthConfig,
     Config,
     IdentityConfig,
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "HTTP_METHODS",
     "Algorithm",
+    "AuditConfig",
     "AuthConfig",
     "Config",
     "ConfigError",

@@ -148,6 +148,13 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """Where audit events go (README "Audit events")."""
+
+    file: Path | None = None  # relative: to the config file's folder; unset: the log
+
+
+@dataclass(frozen=True)
 class Route:
     """One `[[routes]]` entry: which requests, which upstream, which policy."""
 
@@ -183,6 +190,7 @@ class Config:
     routes: tuple[Route, ...]
     base_dir: Path
     source: Path | None = None
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     @property
     def cookie_secure(self) -> bool:

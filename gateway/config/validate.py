@@ -16,6 +16,7 @@ from gateway.auth.secret_strength import weakness
 from gateway.config import values as v
 from gateway.config.model import (
     Algorithm,
+    AuditConfig,
     AuthConfig,
     Config,
     IdentityConfig,
@@ -36,7 +37,16 @@ from gateway.config.model import (
 from gateway.core.casefold import ascii_lower
 
 _ROLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_SECTIONS = ("server", "auth", "session", "keys", "store", "login_limits", "identity")
+_SECTIONS = (
+    "server",
+    "auth",
+    "session",
+    "keys",
+    "store",
+    "login_limits",
+    "identity",
+    "audit",
+)
 _FROM_MODEL: Any = object()  # get()'s default: the model field's own default
 
 
@@ -150,6 +160,11 @@ def validate_config(
     identity = _identity(r)
     r.finish()
 
+    r = _Reader(raw.get("audit"), "audit", errors, AuditConfig)
+    audit_file = r.get("file", v.string, default="")
+    audit = AuditConfig(file=base_dir / audit_file if audit_file.strip() else None)
+    r.finish()
+
     routes = _routes(raw.get("routes"), identity, auth.prefix, errors, require_upstream)
     top.seen.add("routes")
     top.finish()
@@ -166,6 +181,7 @@ def validate_config(
         routes=routes,
         base_dir=base_dir,
         source=source,
+        audit=audit,
     )
 
 

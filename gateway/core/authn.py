@@ -7,7 +7,7 @@ go into the re-issued token (or, for a bearer token, into this request's identit
 
 from __future__ import annotations
 
-from gateway import metrics
+from gateway import audit, metrics
 from gateway.auth.cookies import CookieJar
 from gateway.auth.sessions import Sessions
 from gateway.auth.tokencache import VerifiedTokens
@@ -152,6 +152,12 @@ class Authenticator:
             self._source_down_until = now + SOURCE_RETRY_SECONDS
             raise
         if user is None:
+            audit.event(
+                "session.ended",
+                user=claims.sub,
+                session=claims.sid,
+                reason="removed or disabled at the source",
+            )
             try:
                 # removed or disabled: every replica refuses their sessions from now on
                 await self.sessions.revoke_user(claims.sub)

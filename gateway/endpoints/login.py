@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway import metrics
+from gateway import audit, metrics
 from gateway.auth.redirects import safe_next
 from gateway.auth.signin import InvalidCredentials, LockedOut, SourceUnavailable
 from gateway.core.context import context_of
@@ -119,6 +119,14 @@ class Login:
             return response
         except (StoreUnavailable, SourceUnavailable) as exc:
             log.warning("login refused: session store unavailable: %s", exc)
+            audit.event(
+                "signin.failed",
+                user=getattr(exc, "user", None),
+                typed=username or None,
+                source=self.rt.signin.source_name,
+                reason="unavailable",
+                client=context_of(request.scope).view.ip,
+            )
             metrics.store_error("login")
             metrics.login("error")
             return json_error(503, "store_unavailable", "Sign-in is unavailable; try again.")
@@ -133,6 +141,14 @@ class Login:
             signed_in = await rt.signin.sign_in(username, password, address)
         except LockedOut as exc:
             log.info("login locked out user=%r client=%s", exc.user, address)
+            audit.event(
+                "signin.locked",
+                user=exc.user,
+                typed=username,
+                source=rt.signin.source_name,
+                retry_after=exc.retry_after,
+                client=address,
+            )
             metrics.login("locked")
             raise Refused(
                 429,
@@ -142,6 +158,14 @@ class Login:
             ) from None
         except InvalidCredentials as exc:
             log.info("login failed user=%r client=%s", exc.user, address)
+            audit.event(
+                "signin.failed",
+                user=exc.user,
+                typed=username,
+                source=rt.signin.source_name,
+                reason="invalid_credentials",
+                client=address,
+            )
             metrics.login("failed")
             raise Refused(401, "invalid_credentials", "Wrong username or password.") from None
         # a second factor due for this user is asked for here, from signed_in.amr, before a session
@@ -150,11 +174,23 @@ class Login:
         if previous is not None and previous.source == "cookie":
             # session fixation: a sign-in never continues the session the browser held before
             await rt.sessions.revoke(previous.sid)
+            audit.event(
+                "session.revoked", user=previous.sub, session=previous.sid, reason="signed_in_again"
+            )
         session = await rt.sessions.create(user_id)
         token, claims = rt.tokens.mint_session(
             user_id, signed_in.roles, session.sid, amr=signed_in.amr, username=signed_in.username
         )
         log.info("login ok user=%r client=%s", user_id, address)
+        audit.event(
+            "signin.succeeded",
+            user=user_id,
+            typed=username,
+            source=rt.signin.source_name,
+            amr=signed_in.amr,
+            session=session.sid,
+            client=address,
+        )
         metrics.login("ok")
         ctx.user_for_log = user_id
         headers = dict(HEADERS)

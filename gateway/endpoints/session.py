@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway import metrics
+from gateway import audit, metrics
 from gateway.core.context import context_of
 from gateway.core.decide import Core
 from gateway.endpoints.common import (
@@ -65,6 +65,13 @@ class CurrentSession:
                 metrics.store_error("logout")
                 return json_error(503, "store_unavailable", "Sign-out is unavailable; try again.")
             log.info("logout user=%r all=%s", identity.sub, everywhere)
+            audit.event(
+                "signout",
+                user=identity.sub,
+                session=identity.sid,
+                all=everywhere,
+                client=context_of(request.scope).view.ip,
+            )
         if as_json:
             response = Response(status_code=204, headers=HEADERS)
         else:

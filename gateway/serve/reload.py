@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway import metrics
+from gateway import audit, metrics
 from gateway.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -127,6 +127,7 @@ class ReloadingApp:
         except ConfigError as exc:
             count = len(exc.errors)
             _log_errors(f"reload refused: {count} error(s) in {self.source}; old config stays", exc)
+            audit.event("config.refused", config=str(self.source), reason=exc.errors[0])
             metrics.config_reload("refused")
             return False
         shared = old.app.runtime.store if _same_store(old.app.config, config) else None
@@ -136,6 +137,9 @@ class ReloadingApp:
         # must leave the old one serving, so nothing is let through here
         except Exception as exc:
             log.error("reload refused: %s could not be built: %s", self.source, exc)
+            audit.event(
+                "config.refused", config=str(self.source), reason=f"{exc.__class__.__name__}: {exc}"
+            )
             metrics.config_reload("refused")
             return False
         for name in restart_only_changes(old.app.config, config):
@@ -146,6 +150,7 @@ class ReloadingApp:
         self.draining.add(task)
         task.add_done_callback(self.draining.discard)
         log.info("reloaded %s: %d route(s)", self.source, len(config.routes))
+        audit.event("config.reloaded", config=str(self.source), routes=len(config.routes))
         metrics.config_reload("ok")
         return True
 
