@@ -14,6 +14,7 @@ from gateway.core.responses import send_refusal
 from gateway.core.routing import Router, encode_path
 from gateway.endpoints import Endpoints
 from gateway.runtime import Runtime
+from gateway.telemetry import Tracing
 
 ASGIApp = Callable[[dict, Callable, Callable], Awaitable[None]]
 Send = Callable[[dict], Awaitable[None]]
@@ -92,8 +93,25 @@ class Pipeline:
             await self.allowed(inner, receive, send)
 
 
+class TracedPipeline(Pipeline):
+    """The pipeline inside a request span, the decision in an `authenticate` span (telemetry)."""
+
+    def __init__(self, core: Core, endpoints: ASGIApp, allowed: ASGIApp, tracing: Tracing) -> None:
+        traced = tracing.traced(core, "core", {"decide": "authenticate"})
+        super().__init__(traced, endpoints, allowed)
+        self.tracing = tracing
+
+    async def __call__(self, scope: dict, receive: Callable, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await super().__call__(scope, receive, send)
+            return
+        await self.tracing.request(scope, receive, send, super().__call__)
+
+
 def build_pipeline(rt: Runtime, router: Router, allowed: ASGIApp) -> Pipeline:
     """The core's decision, then our endpoints or `allowed`: the proxy's forwarding, or the app
     the middleware wraps."""
     core = Core(rt, router)
+    if rt.tracing is not None:
+        return TracedPipeline(core, Endpoints(rt, core), allowed, rt.tracing)
     return Pipeline(core, Endpoints(rt, core), allowed)

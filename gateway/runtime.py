@@ -19,6 +19,7 @@ from gateway.core.nexthop import NextHop
 from gateway.sources import build_users
 from gateway.sources.base import UserBackend
 from gateway.store import Store, open_store
+from gateway.telemetry import Tracing, process_tracing
 
 
 @dataclass
@@ -37,6 +38,8 @@ class Runtime:
     limiter: LoginLimiter
     nexthop: NextHop
     signin: PasswordSignIn
+    # OpenTelemetry, one per process; None while [telemetry] is off
+    tracing: Tracing | None = None
 
 
 def build_runtime(
@@ -47,9 +50,14 @@ def build_runtime(
     ensure_key(config.keys.dir, config.keys.algorithm)
     keyring = Keyring(config.keys, clock)
     tokens = Tokens(keyring, config.server.public_url, config.session.access_ttl, clock)
+    tracing = process_tracing(config)
     if store is None:
         store = open_store(config.store.url, config.base_dir)
+        if tracing is not None:
+            store = tracing.traced(store, "store")
     users = build_users(config)
+    if tracing is not None:
+        users = tracing.traced(users, "users")
     limiter = LoginLimiter(store, config.login_limits, clock)
     return Runtime(
         config=config,
@@ -63,4 +71,5 @@ def build_runtime(
         limiter=limiter,
         nexthop=NextHop(config, tokens),
         signin=PasswordSignIn(users, config.auth.users, limiter),
+        tracing=tracing,
     )

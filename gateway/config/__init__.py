@@ -25,6 +25,7 @@ from gateway.config.model import (
     SessionConfig,
     SqlUsersConfig,
     StoreConfig,
+    TelemetryConfig,
     UsersSource,
     local_url,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "SessionConfig",
     "SqlUsersConfig",
     "StoreConfig",
+    "TelemetryConfig",
     "UsersSource",
     "build_config",
     "config_path",

@@ -148,6 +148,14 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class TelemetryConfig:
+    """Tracing with OpenTelemetry (README "Tracing"); off while otlp_endpoint is empty."""
+
+    otlp_endpoint: str = ""  # an OTLP/HTTP collector, e.g. "http://127.0.0.1:4318"
+    service_name: str = "gateway"
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """Where audit events go (README "Audit events")."""
 
@@ -191,6 +199,7 @@ class Config:
     base_dir: Path
     source: Path | None = None
     audit: AuditConfig = field(default_factory=AuditConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     @property
     def cookie_secure(self) -> bool:

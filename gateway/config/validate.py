@@ -31,6 +31,7 @@ from gateway.config.model import (
     SessionConfig,
     SqlUsersConfig,
     StoreConfig,
+    TelemetryConfig,
     UsersSource,
     local_url,
 )
@@ -46,6 +47,7 @@ _SECTIONS = (
     "login_limits",
     "identity",
     "audit",
+    "telemetry",
 )
 _FROM_MODEL: Any = object()  # get()'s default: the model field's own default
 
@@ -165,6 +167,13 @@ def validate_config(
     audit = AuditConfig(file=base_dir / audit_file if audit_file.strip() else None)
     r.finish()
 
+    r = _Reader(raw.get("telemetry"), "telemetry", errors, TelemetryConfig)
+    telemetry = TelemetryConfig(
+        otlp_endpoint=r.get("otlp_endpoint", lambda x: v.http_url(x) if v.string(x) else ""),
+        service_name=r.get("service_name", v.nonempty),
+    )
+    r.finish()
+
     routes = _routes(raw.get("routes"), identity, auth.prefix, errors, require_upstream)
     top.seen.add("routes")
     top.finish()
@@ -182,6 +191,7 @@ def validate_config(
         base_dir=base_dir,
         source=source,
         audit=audit,
+        telemetry=telemetry,
     )
 
 

@@ -64,6 +64,12 @@ def valid_host(value: bytes | str) -> bool:
     return bool(_HOST.match(raw)) and len(raw) <= 255
 
 
+def peer_trusted(scope: dict, trusted: Sequence[Network]) -> bool:
+    """True when the connection's peer is a trusted proxy (whose forwarded headers count)."""
+    client = scope.get("client")
+    return bool(trusted) and bool(client) and _in(client[0], trusted)
+
+
 def client_view(scope: dict, trusted: Sequence[Network]) -> ClientView:
     """Decide client address, scheme and host; X-Forwarded-* count only from a trusted peer."""
     client = scope.get("client")
@@ -80,7 +86,7 @@ def client_view(scope: dict, trusted: Sequence[Network]) -> ClientView:
         scheme = "http"
     elif scheme == "wss":
         scheme = "https"
-    if not trusted or not _in(peer, trusted):
+    if not peer_trusted(scope, trusted):
         return ClientView(peer, scheme, host_text, False, peer)
     chain = _values(headers, b"x-forwarded-for")
     ip = peer

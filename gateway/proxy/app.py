@@ -10,7 +10,7 @@ from gateway.accesslog import AccessLog
 from gateway.config import Config
 from gateway.core.routing import Router
 from gateway.pipeline import build_pipeline
-from gateway.proxy.forward import Forward, build_clients
+from gateway.proxy.forward import build_clients, build_forward
 from gateway.proxy.websocket import ProxyWebSocket
 from gateway.runtime import build_runtime
 from gateway.store import Store
@@ -25,7 +25,7 @@ class GatewayApp:
         self.config = config
         self.runtime = rt = build_runtime(config, clock, store)
         self.clients = build_clients(config)
-        forward = Forward(config, self.clients, rt.nexthop)
+        forward = build_forward(config, self.clients, rt.nexthop, rt.tracing)
         self.app = AccessLog(build_pipeline(rt, Router(config.routes), ProxyWebSocket(forward)))
 
     async def __call__(self, scope, receive, send) -> None:

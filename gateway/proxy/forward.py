@@ -15,6 +15,7 @@ from gateway.core.responses import send_error
 from gateway.core.routing import encode_path, strip_route_prefix
 from gateway.proxy.client.errors import UpstreamError, UpstreamTimeout
 from gateway.proxy.client.pool import UpstreamPool
+from gateway.telemetry import Tracing
 
 log = logging.getLogger("gateway.proxy")
 
@@ -148,6 +149,38 @@ class Forward:
         elif _chunked(scope["headers"]):
             content = _RequestBody(receive)
         return target, headers, content, length
+
+
+class TracedForward(Forward):
+    """Forward inside an `upstream` span, whose trace context the upstream receives."""
+
+    def __init__(
+        self,
+        config: Config,
+        clients: Mapping[str, UpstreamPool],
+        nexthop: NextHop,
+        tracing: Tracing,
+    ) -> None:
+        super().__init__(config, clients, nexthop)
+        self.tracing = tracing
+
+    async def __call__(self, scope, receive, send) -> None:
+        route = context_of(scope).route
+        with self.tracing.span("upstream", **{"gateway.route": route.name if route else ""}):
+            await super().__call__(scope, receive, send)
+
+    def _request(self, scope, receive, route: Route, method: str):
+        target, headers, content, length = super()._request(scope, receive, route, method)
+        return target, self.tracing.inject(headers), content, length
+
+
+def build_forward(
+    config: Config, clients: Mapping[str, UpstreamPool], nexthop: NextHop, tracing: Tracing | None
+) -> Forward:
+    """The proxy's last step: traced when telemetry is on."""
+    if tracing is None:
+        return Forward(config, clients, nexthop)
+    return TracedForward(config, clients, nexthop, tracing)
 
 
 def upstream_base_path(upstream: str) -> bytes:

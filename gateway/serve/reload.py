@@ -70,6 +70,8 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         changed.append("server.listen")
     if old.server.admin_listen != new.server.admin_listen:
         changed.append("server.admin_listen")
+    if old.telemetry != new.telemetry:
+        changed.append("telemetry")
     return changed
 
 
