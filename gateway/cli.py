@@ -49,6 +49,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config)
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Print the route and the rule that decide METHOD URL for a caller, and why."""
+    from gateway.core.explain import describe, explain
+
+    config = _load(args, require_upstream=False)
+    roles = tuple(r for r in (args.roles or "").split(",") if r.strip())
+    found = explain(config, args.method.upper(), args.url, args.user, roles, args.client or "")
+    caller = f"{args.user} (roles: {','.join(roles) or '-'})" if args.user else "not signed in"
+    request = f"{args.method.upper()} {args.url}" + (f" -> {found.path}" if found.path else "")
+    rows = [
+        ["request", request],
+        ["caller", caller + (f" from {args.client}" if args.client else "")],
+        ["route", describe(found.route) if found.route else "-"],
+        ["rule", found.rule],
+        ["verdict", found.verdict],
+    ]
+    print(table(rows))
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of gateway.toml, generated from the config model, for editors."""
     from gateway.config.schema import schema_json
@@ -297,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", parents=[common], help="gateway + demo apps + demo user")
     demo.set_defaults(func=cmd_demo)
+
+    explain = sub.add_parser(
+        "explain", parents=[common], help="which route and rule decide a request, and why"
+    )
+    explain.add_argument("method", metavar="METHOD")
+    explain.add_argument("url", metavar="URL", help="https://host/path or /path")
+    explain.add_argument("--user", help="signed in as this user (default: not signed in)")
+    explain.add_argument("--roles", help="that user's roles, comma-separated")
+    explain.add_argument("--from", dest="client", metavar="IP", help="the client address")
+    explain.set_defaults(func=cmd_explain)
 
     # no -c: the schema is the model's, the same whatever a config file holds
     schema = sub.add_parser("schema", help="print the JSON Schema of gateway.toml (for editors)")

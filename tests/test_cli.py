@@ -310,3 +310,123 @@ def test_users_add_refuses_a_name_that_canonicalizes_like_an_existing_user(tmp_p
         stdin="pw-2-long-enough\n",
     )
     assert again.returncode == 1 and "exists" in again.stderr
+
+
+RULES = """
+[[routes]]
+name = "crm"
+host = "crm.corp.test"
+path = "/"
+upstream = "http://127.0.0.1:9"
+users = ["Alice"]
+roles = ["sales"]
+networks = ["10.0.0.0/8"]
+
+[[routes]]
+name = "status"
+path = "/status"
+upstream = "http://127.0.0.1:9"
+bypass_networks = ["10.1.0.0/16"]
+
+[[routes]]
+name = "internal"
+path = "/internal"
+upstream = "http://127.0.0.1:9"
+auth = "deny"
+"""
+
+
+@pytest.mark.parametrize(
+    "args,route,rule,verdict",
+    [
+        (
+            ["GET", "https://CRM.corp.test/page", "--user", "ALICE", "--from", "10.2.3.4"],
+            "crm (host crm.corp.test",
+            "users: alice is listed",
+            "allow",
+        ),
+        (
+            [
+                "GET",
+                "https://crm.corp.test/",
+                "--user",
+                "bob",
+                "--roles",
+                "sales,x",
+                "--from",
+                "10.0.0.9",
+            ],
+            "crm (host crm.corp.test",
+            "roles: bob has sales",
+            "allow",
+        ),
+        (
+            [
+                "GET",
+                "https://crm.corp.test/",
+                "--user",
+                "bob",
+                "--roles",
+                "staff",
+                "--from",
+                "10.0.0.9",
+            ],
+            "crm",
+            "users/roles: bob is not listed and has none of them",
+            "forbidden (403)",
+        ),
+        (
+            ["POST", "https://crm.corp.test/x", "--user", "alice", "--from", "192.168.1.1"],
+            "crm",
+            "networks: 192.168.1.1 is outside",
+            "forbidden (403)",
+        ),
+        (["GET", "/status", "--from", "10.1.2.3"], "status", "bypass_networks", "allow"),
+        (["GET", "/status", "--from", "10.2.0.1"], "status", "not signed in", "sign in first"),
+        (
+            ["GET", "/status/%2e%2e/internal/x", "--user", "root"],
+            "internal",
+            'auth = "deny"',
+            "403",
+        ),
+        (["GET", "/elsewhere"], "-", "no route matches", "not found (404)"),
+        (["GET", "/.auth/login"], "-", "under auth.prefix", "the gateway's own endpoint"),
+    ],
+)
+def test_explain_names_the_route_and_the_rule_that_decide(
+    tmp_path: Path, args, route, rule, verdict
+):
+    config = tmp_path / "gateway.toml"
+    config.write_text(RULES)
+    result = gateway_cmd("explain", *args, "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    rows = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert rows["route"].startswith(route)
+    assert rule in rows["rule"]
+    assert verdict in rows["verdict"]
+
+
+@pytest.mark.parametrize(
+    "route,error",
+    [
+        ('auth = "public"\nusers = ["a"]', 'routes[0].users: users need auth = "required"'),
+        (
+            'auth = "optional"\nbypass_networks = ["10.0.0.0/8"]',
+            "routes[0].bypass_networks: bypass",
+        ),
+        (
+            'auth = "deny"\nroles = ["x"]',
+            "routes[0].roles: roles need auth = \"required\", not 'deny'",
+        ),
+        ('networks = ["10.0.0.300/8"]', "routes[0].networks: ['10.0.0.300/8'] has '10.0.0.300/8'"),
+        ('auth = "closed"', "routes[0].auth: 'closed' is not one of"),
+    ],
+)
+def test_route_rules_in_the_config_are_checked(tmp_path: Path, route, error):
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[[routes]]\nname = "r"\npath = "/"\nupstream = "http://127.0.0.1:9"\n{route}\n'
+    )
+    result = gateway_cmd("check", "-c", str(config))
+    assert result.returncode == 1
+    assert error in result.stderr, result.stderr

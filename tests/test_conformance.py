@@ -104,6 +104,38 @@ path = "/nobearer"
 upstream = "{upstream}"
 auth = "required"
 bearer = false
+
+[[routes]]
+name = "team"
+path = "/team"
+upstream = "{upstream}"
+users = ["ALICE"]
+
+[[routes]]
+name = "lan"
+path = "/lan"
+upstream = "{upstream}"
+networks = ["127.0.0.0/8"]
+
+[[routes]]
+name = "wan"
+path = "/wan"
+upstream = "{upstream}"
+auth = "public"
+networks = ["10.0.0.0/8", "192.168.0.0/16"]
+
+[[routes]]
+name = "status"
+path = "/status"
+upstream = "{upstream}"
+roles = ["admin"]
+bypass_networks = ["127.0.0.1/32"]
+
+[[routes]]
+name = "closed"
+path = "/closed"
+upstream = "{upstream}"
+auth = "deny"
 """
 
 MODES = ["proxy", "asgi", "wsgi", "forward-auth"]
@@ -296,6 +328,45 @@ CASES = [
     Case("no bearer: the app's own Authorization scheme reaches it",
          "nobearer", "alice", "cookie", "GET", "/nobearer", 200, sees="alice",
          headers=APP_AUTHORIZATION, forwards=APP_AUTHORIZATION),
+    # users = [...]: any of them, in the canonical spelling
+    Case("users: alice is listed (as ALICE in the config) and gets in",
+         "team", "alice", "cookie", "GET", "/team", 200, sees="alice"),
+    Case("users: bob is not listed: 403, whatever his roles",
+         "team", "bob", "cookie", "GET", "/team", 403, "forbidden"),
+    Case("users: a forged X-User-Id does not make bob alice",
+         "team", "bob", "bearer", "GET", "/team", 403, "forbidden", headers=FORGED),
+    Case("users: anonymous signs in first",
+         "team", None, None, "GET", "/team", 401, "unauthenticated"),
+    # networks = [...]: the client address must be inside, for everyone
+    Case("networks: a client inside gets the route's normal rule",
+         "lan", "alice", "cookie", "GET", "/lan", 200, sees="alice"),
+    Case("networks: a client outside is refused before sign-in",
+         "wan", None, None, "GET", "/wan", 403, "forbidden"),
+    Case("networks: outside is outside, signed in or not",
+         "wan", "bob", "cookie", "GET", "/wan", 403, "forbidden"),
+    Case("networks: a forged X-Forwarded-For from an untrusted peer moves nobody inside",
+         "wan", None, None, "GET", "/wan", 403, "forbidden",
+         headers=(("X-Forwarded-For", "10.1.2.3"),),
+         differs=(
+             ("forward-auth", "the test client shares trusted nginx's address 127.0.0.1, so "
+              "the forged hop is the right-most untrusted one; a client with its own address "
+              "is judged by it (tests/security/test_forwarded.py)"),
+             ("asgi", "uvicorn's default proxy_headers trusts X-Forwarded-For from 127.0.0.1 "
+              "and rewrites scope['client'] before any middleware runs: under uvicorn the "
+              "server decides the client address (--forwarded-allow-ips)"),
+         )),
+    # bypass_networks = [...]: no sign-in from inside; identity only when signed in
+    Case("bypass: anonymous from inside reaches a role route, named to nobody",
+         "status", None, None, "GET", "/status", 200),
+    Case("bypass: anonymous forged identity headers from inside still never reach it",
+         "status", None, None, "GET", "/status", 200, headers=FORGED),
+    Case("bypass: a signed-in user from inside is named to the upstream",
+         "status", "alice", "cookie", "GET", "/status", 200, sees="alice"),
+    # auth = "deny"
+    Case("deny: nobody reaches the route, signed in or not",
+         "closed", "bob", "cookie", "GET", "/closed/x", 403, "forbidden"),
+    Case("deny: anonymous gets 403, not 401",
+         "closed", None, None, "GET", "/closed", 403, "forbidden"),
 ]
 # fmt: on
 

@@ -129,6 +129,78 @@ def test_route_policy(identity, rule, method, expected):
     assert decide(identity, rule, method) == expected
 
 
+LAN = (ipaddress.ip_network("10.0.0.0/8"),)
+OFFICE = (ipaddress.ip_network("192.168.1.0/24"), ipaddress.ip_network("2001:db8::/32"))
+
+
+@pytest.mark.parametrize(
+    ("identity", "rule", "method", "client", "outcome", "why"),
+    [
+        (ALICE, route(users=("alice",)), "GET", "", Outcome.ALLOW, "users: alice is listed"),
+        (BOB, route(users=("alice",)), "GET", "", Outcome.FORBIDDEN, "users/roles: bob"),
+        (BOB, route(users=("alice",), roles=("admin",)), "GET", "", Outcome.ALLOW, "roles: bob"),
+        (None, route(users=("alice",)), "GET", "", Outcome.LOGIN, "not signed in"),
+        (ALICE, route(networks=LAN), "GET", "10.9.8.7", Outcome.ALLOW, "any signed-in"),
+        (ALICE, route(networks=LAN), "GET", "11.0.0.1", Outcome.FORBIDDEN, "networks: 11.0.0.1"),
+        (None, route("public", networks=LAN), "GET", "8.8.8.8", Outcome.FORBIDDEN, "networks"),
+        (None, route("public", networks=OFFICE), "GET", "2001:db8::1", Outcome.ALLOW, "anyone"),
+        (None, route(networks=LAN), "GET", "", Outcome.FORBIDDEN, "no address"),
+        (None, route(networks=LAN), "GET", "not-an-ip", Outcome.FORBIDDEN, "networks"),
+        (None, route(bypass_networks=LAN), "GET", "10.1.1.1", Outcome.ALLOW, "bypass"),
+        (None, route(bypass_networks=LAN), "GET", "11.1.1.1", Outcome.LOGIN, "not signed in"),
+        (
+            None,
+            route(roles=("admin",), bypass_networks=LAN),
+            "GET",
+            "10.1.1.1",
+            Outcome.ALLOW,
+            "bypass",
+        ),
+        (
+            ROLELESS,
+            route(roles=("admin",), bypass_networks=LAN),
+            "GET",
+            "10.1.1.1",
+            Outcome.ALLOW,
+            "bypass",
+        ),
+        (None, route("deny"), "GET", "10.1.1.1", Outcome.FORBIDDEN, 'auth = "deny"'),
+        (BOB, route("deny"), "GET", "", Outcome.FORBIDDEN, 'auth = "deny"'),
+        (BOB, route("deny", methods=GET_ONLY), "POST", "", Outcome.FORBIDDEN, "deny"),
+        (
+            None,
+            route(networks=LAN, methods=GET_ONLY),
+            "POST",
+            "8.8.8.8",
+            Outcome.FORBIDDEN,
+            "networks",
+        ),
+        (
+            None,
+            route(networks=LAN, methods=GET_ONLY),
+            "POST",
+            "10.0.0.1",
+            Outcome.METHOD,
+            "methods",
+        ),
+        (
+            None,
+            route(bypass_networks=LAN, methods=GET_ONLY),
+            "POST",
+            "10.0.0.1",
+            Outcome.METHOD,
+            "methods",
+        ),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+def test_route_rules_in_their_order(identity, rule, method, client, outcome, why):
+    # README "Route rules": deny, networks, methods, public/optional, bypass, signed in, who
+    decision = decide(identity, rule, method, client)
+    assert decision.outcome is outcome
+    assert why in decision.rule
+
+
 # -- CSRF: cross_site(headers, allowed) and allowed_origins -------------------------------
 
 

@@ -13,7 +13,7 @@ UsersSource = Literal["file", "sql", "htpasswd", "ldap"]
 SameSite = Literal["lax", "strict", "none"]
 Revocation = Literal["lazy", "strict"]
 Algorithm = Literal["EdDSA", "ES256", "RS256", "HS256"]
-RouteAuth = Literal["public", "optional", "required"]
+RouteAuth = Literal["public", "optional", "required", "deny"]
 SecureAuto = Literal["auto"]
 
 HTTP_METHODS = frozenset(
@@ -172,6 +172,12 @@ class Route:
     host: str | None = None
     auth: RouteAuth = "required"
     roles: tuple[str, ...] = ()
+    # who may enter a required route: any of these users or any of the roles (unset: anyone)
+    users: tuple[str, ...] = ()
+    # the client address (after trusted_proxies) must be inside one of these, for everyone
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # from inside these a required route needs no sign-in (identity headers only if signed in)
+    bypass_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     methods: frozenset[str] | None = None
     strip_prefix: bool = False
     timeout: float = 30.0

@@ -419,8 +419,12 @@ def _routes(
             errors.append(f"{path}.name: missing")
         auth = r.get("auth", v.one_of(RouteAuth))
         roles = r.get("roles", v.string_list)
-        if roles and auth != "required":
-            errors.append(f'{path}.roles: roles need auth = "required", not {auth!r}')
+        users = r.get("users", _route_users)
+        networks = r.get("networks", v.networks)
+        bypass = r.get("bypass_networks", v.networks)
+        for key, value in (("roles", roles), ("users", users), ("bypass_networks", bypass)):
+            if value and auth != "required":
+                errors.append(f'{path}.{key}: {key} need auth = "required", not {auth!r}')
         # a route may override the [identity] headers with the same keys
         route_identity = _identity(r, identity)
         route = Route(
@@ -430,6 +434,9 @@ def _routes(
             host=r.get("host", v.host),
             auth=auth,
             roles=roles,
+            users=users,
+            networks=networks,
+            bypass_networks=bypass,
             methods=r.get("methods", v.methods),
             strip_prefix=r.get("strip_prefix", v.boolean),
             timeout=r.get("timeout", v.positive_duration),
@@ -459,6 +466,17 @@ def _routes(
             )
         routes.append(route)
     return tuple(routes)
+
+
+def _route_users(value: object) -> tuple[str, ...]:
+    """`users`: names in the one canonical spelling every source signs them in with."""
+    # imported here: gateway.sources imports gateway.config
+    from gateway.sources.base import canonical_username
+
+    names = tuple(dict.fromkeys(canonical_username(name) for name in v.string_list(value)))
+    if any(not name or not name.isprintable() for name in names):
+        raise ValueError("has an empty or unprintable name")
+    return names
 
 
 def _under(path: str, prefix: str) -> bool:

@@ -167,7 +167,7 @@ class Core:
             return Refusal(
                 403, "cross_site", "Cross-site requests with the session cookie are refused."
             )
-        verdict = decide(identity, route, method)
+        verdict = decide(identity, route, method, ctx.view.ip)
         if verdict.outcome is Outcome.LOGIN:
             location = login_location(self.public_url, self.prefix, next_target)
             if html:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import quote
 
@@ -22,26 +23,55 @@ class Outcome(Enum):
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome and, for 405, the methods the route takes."""
+    """The outcome, for 405 the methods the route takes, and the rule that decided (`explain`)."""
 
     outcome: Outcome
     allow: tuple[str, ...] = ()
+    rule: str = field(default="", compare=False)
 
 
 ALLOW = Decision(Outcome.ALLOW)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def decide(identity: Identity | None, route: Route, method: str) -> Decision:
-    """The route's verdict on this caller and method; pure, so tests can table-drive it."""
+def _inside(client: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return False  # no address (a unix socket), or garbage: inside nothing
+    return any(address in network for network in networks)
+
+
+def decide(identity: Identity | None, route: Route, method: str, client: str = "") -> Decision:
+    """The route's verdict on this caller, method and client address; pure, table-driven.
+
+    The order (README "Route rules"): deny, networks, methods, public/optional,
+    bypass_networks, signed in, then users or roles.
+    """
+    if route.auth == "deny":
+        return Decision(Outcome.FORBIDDEN, rule='auth = "deny": nobody reaches this route')
+    if route.networks and not _inside(client, route.networks):
+        return Decision(Outcome.FORBIDDEN, rule=f"networks: {client or 'no address'} is outside")
     if route.methods is not None and method not in route.methods:
-        return Decision(Outcome.METHOD, tuple(sorted(route.methods)))
+        return Decision(
+            Outcome.METHOD, tuple(sorted(route.methods)), rule=f"methods: {method} is not listed"
+        )
     if route.auth != "required":
-        return ALLOW
+        return Decision(Outcome.ALLOW, rule=f'auth = "{route.auth}": anyone')
+    if route.bypass_networks and _inside(client, route.bypass_networks):
+        return Decision(Outcome.ALLOW, rule=f"bypass_networks: {client} needs no sign-in")
     if identity is None:
-        return Decision(Outcome.LOGIN)
-    if route.roles and not set(route.roles) & set(identity.roles):
-        return Decision(Outcome.FORBIDDEN)
-    return ALLOW
+        return Decision(Outcome.LOGIN, rule='auth = "required": not signed in')
+    if not route.roles and not route.users:
+        return Decision(Outcome.ALLOW, rule='auth = "required": any signed-in user')
+    if identity.sub in route.users:
+        return Decision(Outcome.ALLOW, rule=f"users: {identity.sub} is listed")
+    shared = sorted(set(route.roles) & set(identity.roles))
+    if shared:
+        return Decision(Outcome.ALLOW, rule=f"roles: {identity.sub} has {shared[0]}")
+    return Decision(
+        Outcome.FORBIDDEN, rule=f"users/roles: {identity.sub} is not listed and has none of them"
+    )
 
 
 def login_location(public_url: str, prefix: str, next_target: str) -> str:
