@@ -161,7 +161,13 @@ class Core:
         if (
             identity is not None
             and identity.source == "cookie"
-            and (websocket or method not in SAFE_METHODS)
+            # a forward-auth check never sees the upgrade (proxies strip Upgrade from it), so
+            # there any request that names a foreign Origin is judged as an upgrade could be
+            and (
+                websocket
+                or method not in SAFE_METHODS
+                or (forward_auth and any(k == b"origin" for k, _ in headers))
+            )
             and cross_site(headers, self.allowed_origins)
         ):
             return Refusal(

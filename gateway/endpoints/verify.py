@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -10,6 +12,8 @@ from gateway.core.decide import Core
 from gateway.core.responses import render
 from gateway.endpoints.common import HEADERS, json_error
 from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway.verify")
 
 
 class Verify:
@@ -27,7 +31,7 @@ class Verify:
         Traefik or Caddy; nginx cannot pass a redirect, it gets 401 with a Location) or 403.
         """
         headers = request.headers
-        method = headers.get("x-forwarded-method", "GET").upper()
+        method = headers.get("x-forwarded-method", "").strip().upper()
         # proxies pass client headers into the check: nginx a forged X-Forwarded-Uri, Caddy and
         # Traefik a forged X-Original-URI. Two different targets mean one is the client's: refuse
         targets = {
@@ -35,7 +39,16 @@ class Verify:
         }
         if len(targets) > 1:
             return json_error(403, "bad_request", "Conflicting X-Forwarded-Uri and X-Original-URI.")
-        uri = targets.pop() if targets else "/"
+        if not method or not targets:
+            # a proxy that leaves out what it asks about must not get a verdict on a guess
+            # (`/`, GET): that would let any URI or method through as if it were those
+            log.warning("verify refused: the check names no X-Forwarded-Method or URI")
+            return json_error(
+                403,
+                "bad_request",
+                "The proxy must send X-Forwarded-Method and X-Forwarded-Uri (or X-Original-URI).",
+            )
+        uri = targets.pop()
         host = headers.get("x-forwarded-host") or headers.get("host") or ""
         decision = await self.core.decide_forwarded(
             context_of(request.scope), method, uri, host, request.scope["headers"]
