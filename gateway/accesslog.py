@@ -51,14 +51,36 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
+_OWN_HANDLER = _StdoutHandler()
+_OWN_HANDLER.setFormatter(logging.Formatter("%(message)s"))
+
+
 def _configure() -> None:
     # spawned workers never see the CLI's logging setup: the access log stands on its own
     if not log.handlers:
-        handler = _StdoutHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
+        log.addHandler(_OWN_HANDLER)
         log.setLevel(logging.INFO)
         log.propagate = False
+
+
+def _write(line: str) -> None:
+    """One access-log line: straight to stdout while the logger is as _configure left it.
+
+    A record, a handler lock and a formatter per request are what logging adds for a line
+    that is already text; a host app that adds handlers or filters gets the logging path.
+    """
+    if (
+        log.handlers == [_OWN_HANDLER]
+        and not log.filters
+        and not log.propagate
+        and not (log.disabled or _OWN_HANDLER.filters)
+    ):
+        if log.isEnabledFor(logging.INFO):
+            stream = sys.stdout
+            stream.write(line + "\n")
+            stream.flush()
+        return
+    log.info(line)
 
 
 class _Exchange:
@@ -164,4 +186,4 @@ class AccessLog:
             record["status"],
             record["duration_ms"] / 1000,
         )
-        log.info(json.dumps(record))
+        _write(json.dumps(record))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
@@ -55,11 +56,20 @@ STORE_ERRORS = Counter(
 RELOADS = Counter("gateway_config_reloads_total", "SIGHUP config reloads by outcome.", ["outcome"])
 
 
+# the (counter, histogram) children per (route, status), resolved once: `labels()` takes a
+# lock and builds a key on every call. Routes and status codes are few, so this stays small.
+_REQUEST_CHILDREN: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+
 def observe_request(route: str, status: int, seconds: float) -> None:
     """Count one finished request and its duration."""
-    code = str(status)
-    REQUESTS.labels(route, code).inc()
-    LATENCY.labels(route, code).observe(seconds)
+    children = _REQUEST_CHILDREN.get((route, status))
+    if children is None:
+        code = str(status)
+        children = (REQUESTS.labels(route, code), LATENCY.labels(route, code))
+        _REQUEST_CHILDREN[(route, status)] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def upstream_failure(route: str, kind: str) -> None:
