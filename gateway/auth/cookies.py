@@ -1,7 +1,12 @@
-"""The session cookie: read it from a request, write and clear it on a response."""
+"""The session cookie: read it from a request, write and clear it on a response.
+
+With `[session] domain` the cookie carries `Domain=` (every host under it receives it); on a
+host outside that domain (a hand-off) it is written host-only, with the same name.
+"""
 
 from __future__ import annotations
 
+from gateway.auth.redirects import bare_host, under_domain
 from gateway.config import Config
 
 SAME_SITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
@@ -21,8 +26,16 @@ class CookieJar:
         attrs = ["Path=/", "HttpOnly", f"SameSite={same_site}"]
         if secure:
             attrs.append("Secure")
-        self._attrs = "; ".join(attrs)
+        self.domain = config.session.domain
+        self._host_attrs = "; ".join(attrs)
+        self._attrs = self._host_attrs + (f"; Domain={self.domain}" if self.domain else "")
         self.max_age = int(config.session.max_age)
+
+    def _scope(self, host: str | None) -> str:
+        """The attributes for a response on `host` (None: the portal's, the Domain cookie)."""
+        if host is None or under_domain(bare_host(host), self.domain):
+            return self._attrs
+        return self._host_attrs
 
     def read(self, headers: list[tuple[bytes, bytes]]) -> str | None:
         """Our cookie's value; None when absent or sent more than once (a tossed duplicate)."""
@@ -41,10 +54,15 @@ class CookieJar:
         except UnicodeDecodeError:
             return None
 
-    def set(self, token: str) -> str:
-        """A Set-Cookie value carrying a fresh token; the cookie lives as long as a session may."""
-        return f"{self.name}={token}; Max-Age={self.max_age}; {self._attrs}"
+    def set(self, token: str, host: str | None = None) -> str:
+        """A Set-Cookie value carrying a fresh token; the cookie lives as long as a session may.
 
-    def clear(self) -> str:
-        """A Set-Cookie value that removes the cookie."""
-        return f"{self.name}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; {self._attrs}"
+        `host` (the request's Host) outside `[session] domain` gets a host-only cookie, which
+        is the only kind a browser keeps there; None means the Domain cookie, when configured.
+        """
+        return f"{self.name}={token}; Max-Age={self.max_age}; {self._scope(host)}"
+
+    def clear(self, host: str | None = None) -> str:
+        """A Set-Cookie value that removes the cookie (on `host`, as `set` scopes it)."""
+        expired = "Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT"
+        return f"{self.name}=; {expired}; {self._scope(host)}"

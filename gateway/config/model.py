@@ -111,6 +111,9 @@ class SessionConfig:
     same_site: SameSite = "lax"
     secure: SecureAuto | bool = "auto"
     revocation: Revocation = "lazy"
+    # the cookie's Domain, e.g. "corp.test": one sign-in for every host under it
+    # with a Domain the Secure cookie takes the __Secure- prefix, not __Host-; "" = host-only
+    domain: str = ""
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,10 @@ class Config:
 
     @property
     def cookie_name(self) -> str:
-        """The cookie's name: `__Host-` prefixed when Secure (we never set Domain)."""
+        """The cookie's name when Secure: `__Host-` prefixed, or `__Secure-` with a Domain.
+
+        `__Host-` forbids a Domain attribute, so `[session] domain` takes `__Secure-`.
+        """
         if self.cookie_secure:
-            return "__Host-" + self.session.cookie
+            return ("__Secure-" if self.session.domain else "__Host-") + self.session.cookie
         return self.session.cookie

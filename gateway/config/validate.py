@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.auth.secret_strength import weakness
 from gateway.config import values as v
@@ -143,7 +144,9 @@ def validate_config(
     top.seen.update(_SECTIONS)
     server = _server(_Reader(raw.get("server"), "server", errors, ServerConfig))
     auth = _auth(_Reader(raw.get("auth"), "auth", errors, AuthConfig), base_dir)
-    session = _session(_Reader(raw.get("session"), "session", errors, SessionConfig))
+    session = _session(
+        _Reader(raw.get("session"), "session", errors, SessionConfig), server.public_url
+    )
     keys = _keys(_Reader(raw.get("keys"), "keys", errors, KeysConfig), base_dir)
 
     r = _Reader(raw.get("store"), "store", errors, StoreConfig)
@@ -334,7 +337,39 @@ def _roles(value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(roles))
 
 
-def _session(r: _Reader) -> SessionConfig:
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _cookie_domain(value: object) -> str:
+    """`session.domain`: a plain DNS name of two labels or more, lower-cased; "" = none.
+
+    Browsers refuse a Domain that is a public suffix; two labels is the part of that rule a
+    config can be held to without a copy of the Public Suffix List.
+    """
+    text = v.string(value)
+    if not text:
+        return ""
+    if not text.isascii():
+        raise ValueError("is not ASCII; write an internationalized name in its xn-- form")
+    text = ascii_lower(text)
+    if text.startswith("."):
+        raise ValueError('starts with a dot; write the domain itself, e.g. "corp.test"')
+    labels = text.split(".")
+    if len(text) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+        raise ValueError(
+            "is not a DNS name: dot-separated labels of letters, digits and '-', "
+            "without scheme, port, path or a trailing dot"
+        )
+    if len(labels) < 2:
+        raise ValueError(
+            'is a single label, which browsers treat as a public suffix; use e.g. "corp.test"'
+        )
+    if labels[-1].isdigit():
+        raise ValueError("is an IP address; a cookie domain is a DNS name")
+    return text
+
+
+def _session(r: _Reader, public_url: str) -> SessionConfig:
     session = SessionConfig(
         cookie=r.get("cookie", v.cookie_name),
         access_ttl=r.get("access_ttl", v.positive_duration),
@@ -343,8 +378,16 @@ def _session(r: _Reader) -> SessionConfig:
         same_site=r.get("same_site", v.one_of(SameSite)),
         secure=r.get("secure", v.secure),
         revocation=r.get("revocation", v.one_of(Revocation)),
+        domain=r.get("domain", _cookie_domain),
     )
     r.finish()
+    host = (urlsplit(public_url).hostname or "").rstrip(".")
+    if session.domain and host != session.domain and not host.endswith("." + session.domain):
+        # the sign-in portal sets the cookie: it must be one of the hosts the cookie covers
+        r.errors.append(
+            f"session.domain: {session.domain!r} does not cover server.public_url's host "
+            f"{host!r}; public_url must be on that domain or a host under it"
+        )
     if session.access_ttl > session.max_age:
         r.errors.append(
             f"session.access_ttl: {session.access_ttl:g}s is longer than "

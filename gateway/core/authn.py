@@ -72,7 +72,7 @@ class Authenticator:
         except TokenError as exc:
             ctx.auth_error = exc.reason
             if source == "cookie":
-                ctx.set_cookies.append(self.cookies.clear())
+                ctx.set_cookies.append(self.cookies.clear(ctx.view.host or None))
             return
         if source == "bearer":
             await self._bearer(ctx, claims, expired)
@@ -187,14 +187,14 @@ class Authenticator:
         token, fresh = self.tokens.mint_session(
             claims.sub, user.roles, claims.sid, claims.amr, claims.username
         )
-        ctx.set_cookies.append(self.cookies.set(token))
+        ctx.set_cookies.append(self.cookies.set(token, ctx.view.host or None))
         metrics.token_reissued()
         ctx.identity = _identity(fresh, "cookie")
 
     def _refuse(self, ctx: RequestContext, reason: str, source: str) -> None:
         ctx.auth_error = reason
         if source == "cookie":
-            ctx.set_cookies.append(self.cookies.clear())
+            ctx.set_cookies.append(self.cookies.clear(ctx.view.host or None))
 
 
 def _identity(claims: Claims, source: str) -> Identity:

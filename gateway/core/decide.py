@@ -104,6 +104,9 @@ class Core:
         websocket = scope["type"] == "websocket"
         html = not websocket and wants_html(method, headers)
         next_target = original_target(scope.get("query_string", b""), path)
+        if route.host is not None:
+            # a host route: `next` names the host too, so sign-in at the portal lands back here
+            next_target = self._absolute(view.scheme, view.host, next_target)
         return Decision(ctx, self.judge(ctx, method, headers, websocket, html, next_target))
 
     async def decide_forwarded(
@@ -138,7 +141,10 @@ class Core:
                 return Decision(ctx, refused)
         # nginx's auth_request turns a redirect into an error: it gets 401 with a Location
         html = wants_html(method, headers) and not any(k == b"x-original-uri" for k, _ in headers)
-        refusal = self.judge(ctx, method, headers, False, html, safe_next(uri), forward_auth=True)
+        next_target = safe_next(uri)
+        if route.host is not None:
+            next_target = self._absolute(verify_ctx.view.scheme, host, next_target)
+        refusal = self.judge(ctx, method, headers, False, html, next_target, forward_auth=True)
         return Decision(ctx, refusal)
 
     def judge(
@@ -203,6 +209,14 @@ class Core:
                 403, "websocket_refused", "This route does not accept WebSocket upgrades."
             )
         return None
+
+    def _absolute(self, scheme: str, host: str, next_target: str) -> str:
+        """`next` as a URL on `host` (https when public_url is), for the portal to judge."""
+        if not host:
+            return next_target
+        if self.public_url.startswith("https://"):
+            scheme = "https"
+        return f"{scheme}://{host}{next_target}"
 
     async def _identify(self, ctx: RequestContext, headers: list[Header]) -> Refusal | None:
         try:

@@ -6,6 +6,7 @@ from starlette.routing import Route
 from starlette.routing import Router as StarletteRouter
 
 from gateway.core.decide import Core
+from gateway.endpoints.handoff import Handoff
 from gateway.endpoints.health import Health
 from gateway.endpoints.keys import Keys
 from gateway.endpoints.login import Login
@@ -31,6 +32,7 @@ class Endpoints:
                 Route(f"{p}/login", login.page, methods=["GET"]),
                 Route(f"{p}/login", login.submit, methods=["POST"]),
                 Route(f"{p}/logout", session.logout, methods=["POST"]),
+                Route(f"{p}/handoff", Handoff(rt).handoff, methods=["GET"]),
                 Route(f"{p}/me", session.me, methods=["GET"]),
                 Route(f"{p}/verify", verify.verify, methods=["GET", "HEAD", "POST"]),
                 Route(f"{p}/jwks.json", keys.jwks, methods=["GET"]),

@@ -12,10 +12,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import audit, metrics
-from gateway.auth.redirects import safe_next
+from gateway.auth.redirects import Redirects
 from gateway.auth.signin import InvalidCredentials, LockedOut, SourceUnavailable
 from gateway.core.context import context_of
 from gateway.core.decide import Core
+from gateway.core.responses import PAGE_CSP
 from gateway.endpoints.common import (
     HEADERS,
     Refused,
@@ -24,6 +25,7 @@ from gateway.endpoints.common import (
     same_origin,
     wants_json,
 )
+from gateway.endpoints.handoff import Handoff
 from gateway.pages import render_login
 from gateway.runtime import Runtime
 from gateway.sources.base import MAX_PASSWORD_BYTES, encodable
@@ -46,26 +48,53 @@ class Login:
         self.csrf_attrs = "Path=/; HttpOnly; SameSite=Strict" + (
             "; Secure" if config.cookie_secure else ""
         )
+        # `next`: a relative path here, or an absolute URL on a route host or the cookie domain
+        self.redirects = Redirects(config)
+        self.handoff = Handoff(rt, self.redirects)
 
     def _form(self, status: int, next_target: str, username: str = "", error: str = "") -> Response:
         token = secrets.token_urlsafe(32)
+        dest = None if next_target.startswith("/") else self.redirects.destination(next_target)
         page = render_login(
             prefix=self.prefix,
-            site=self.site,
+            # "to continue to wiki.corp.test": the site the browser came from, not the portal
+            site=self.site if dest is None else dest.origin.split("://", 1)[1],
             csrf=token,
             next_target=next_target,
             username=username,
             error=error,
         )
         response = Response(page, status, media_type="text/html", headers=HEADERS)
+        if dest is not None:
+            # CSP form-action binds every redirect after the submit: let it reach `next`'s origin
+            response.headers["content-security-policy"] = PAGE_CSP.decode().replace(
+                "form-action 'self'", f"form-action 'self' {dest.origin}"
+            )
         response.headers.append(
             "set-cookie", f"{self.csrf_cookie}={token}; Max-Age=3600; {self.csrf_attrs}"
         )
         return response
 
     async def page(self, request: Request) -> Response:
-        """GET: the sign-in form with a fresh CSRF token and the (sanitized) next target."""
-        return self._form(200, safe_next(request.query_params.get("next")))
+        """GET: the sign-in form with a fresh CSRF token and the (sanitized) next target.
+
+        A browser signed in already, sent here by another host (an absolute `next`), goes on
+        there at once: through the hand-off when that host is outside the cookie's domain.
+        """
+        next_target = self.redirects.resolve(request.query_params.get("next"))
+        identity = context_of(request.scope).identity
+        dest = None if next_target.startswith("/") else self.redirects.destination(next_target)
+        if dest is not None and identity is not None and identity.source == "cookie":
+            return self.handoff.continue_signed_in(request, dest)
+        return self._form(200, next_target)
+
+    def _location(self, next_target: str) -> str:
+        """Where the browser goes after sign-in: a path here, or the host an absolute `next`
+        names (by way of the hand-off when the cookie does not reach it)."""
+        if next_target.startswith("/"):
+            return self.public_url + next_target
+        dest = self.redirects.destination(next_target)
+        return self.public_url + "/" if dest is None else self.handoff.entry(dest)
 
     async def _credentials(self, request: Request, as_json: bool) -> tuple[str, str, str]:
         body = await read_body(request)
@@ -99,7 +128,8 @@ class Login:
             raise Refused(400, "bad_request", "Username and password must be valid Unicode.")
         if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES or len(username) > 256:
             raise Refused(400, "bad_request", "Username or password is too long.")
-        return username, password, safe_next(next_target if isinstance(next_target, str) else None)
+        next_value = next_target if isinstance(next_target, str) else None
+        return username, password, self.redirects.resolve(next_value)
 
     async def submit(self, request: Request) -> Response:
         """POST: check credentials (form or JSON), start a session, set the cookie."""
@@ -206,7 +236,7 @@ class Login:
                 headers=headers,
             )
         else:
-            headers["location"] = self.public_url + next_target
+            headers["location"] = self._location(next_target)
             response = Response(status_code=303, headers=headers)
         response.headers.append("set-cookie", rt.cookies.set(token))
         response.headers.append("set-cookie", f"{self.csrf_cookie}=; Max-Age=0; {self.csrf_attrs}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,12 +33,16 @@ class CurrentSession:
         self.rt = rt
         self.prefix = rt.config.auth.prefix
         self.public_url = rt.config.server.public_url
+        self.public_scheme = urlsplit(self.public_url).scheme
         self.allowed = core.allowed_origins
 
     async def logout(self, request: Request) -> Response:
         """POST: revoke the session (or every session with all=true) and clear the cookie."""
         as_json = wants_json(request)
-        if not same_origin(request, self.allowed):
+        view = context_of(request.scope).view
+        # a page on the host it signs out of (a host route, a hand-off host) is same-origin too
+        own = {f"{scheme}://{view.host}" for scheme in (view.scheme, self.public_scheme)}
+        if not same_origin(request, self.allowed | own if view.host else self.allowed):
             return json_error(403, "cross_origin", "Cross-site sign-out is not allowed.")
         everywhere = request.query_params.get("all") == "true"
         try:
@@ -79,7 +83,8 @@ class CurrentSession:
                 status_code=303,
                 headers={**HEADERS, "location": f"{self.public_url}{self.prefix}/login"},
             )
-        response.headers.append("set-cookie", self.rt.cookies.clear())
+        # on a hand-off host the cookie is host-only: only a host-only clear removes it
+        response.headers.append("set-cookie", self.rt.cookies.clear(view.host or None))
         return response
 
     async def me(self, request: Request) -> Response:
