@@ -317,6 +317,12 @@ CASES = [
     Case("host: alice with the cookie gets in on the host route",
          "intranet", "alice", "cookie", "GET", "/pub", 200, sees="alice",
          host="intranet.example"),
+    Case("host: the host route's own page may POST with the cookie (its origin is ours)",
+         "intranet", "alice", "cookie", "POST", "/form", 200, sees="alice",
+         host="intranet.example", headers=(("Origin", "http://intranet.example"),)),
+    Case("host: another host's page may not",
+         "intranet", "alice", "cookie", "POST", "/form", 403, "cross_site",
+         host="intranet.example", headers=(("Origin", "http://other.example"),)),
     # bearer = false
     Case("no bearer: a bearer token is refused on a bearer = false route",
          "nobearer", "alice", "bearer", "GET", "/nobearer", 401, "unauthenticated"),

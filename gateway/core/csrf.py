@@ -21,6 +21,18 @@ def allowed_origins(public_url: str, extra: Iterable[str]) -> frozenset[str]:
     return frozenset({origin_of(public_url), *extra})
 
 
+def host_origins(host: str, public_url: str) -> frozenset[str]:
+    """The origins a host route's own pages have: its host over https (and http when
+    public_url is http), on the default port and on public_url's port."""
+    parts = urlsplit(public_url)
+    schemes = ("https", "http") if parts.scheme == "http" else ("https",)
+    name = host.lower()
+    out = {f"{scheme}://{name}" for scheme in schemes}
+    if parts.port and ":" not in name:
+        out |= {f"{scheme}://{name}:{parts.port}" for scheme in schemes}
+    return frozenset(out)
+
+
 def cross_site(headers: Iterable[tuple[bytes, bytes]], allowed: frozenset[str]) -> bool:
     """True when Origin (or, without it, Referer) names an origin not in `allowed`.
 

@@ -20,7 +20,7 @@ from gateway import metrics
 from gateway.auth.redirects import safe_next
 from gateway.core.authn import Authenticator
 from gateway.core.context import RequestContext
-from gateway.core.csrf import SAFE_METHODS, allowed_origins, cross_site
+from gateway.core.csrf import SAFE_METHODS, allowed_origins, cross_site, host_origins
 from gateway.core.ingress import Header, client_view, framing_problem
 from gateway.core.policy import Outcome, decide, login_location, original_target
 from gateway.core.responses import Refusal, wants_html
@@ -66,6 +66,12 @@ class Core:
         self.allowed_origins = allowed_origins(
             config.server.public_url, config.server.allowed_origins
         )
+        # a host route's app posts its own forms from its own origin: that origin is ours too
+        self.route_origins = {
+            route.name: self.allowed_origins | host_origins(route.host, config.server.public_url)
+            for route in config.routes
+            if route.host
+        }
         self.authn = Authenticator(
             tokens=rt.tokens,
             sessions=rt.sessions,
@@ -174,7 +180,7 @@ class Core:
                 or method not in SAFE_METHODS
                 or (forward_auth and any(k == b"origin" for k, _ in headers))
             )
-            and cross_site(headers, self.allowed_origins)
+            and cross_site(headers, self.route_origins.get(route.name, self.allowed_origins))
         ):
             return Refusal(
                 403, "cross_site", "Cross-site requests with the session cookie are refused."
