@@ -182,27 +182,45 @@ class Tokens:
         sub: str,
         roles: tuple[str, ...],
         route: str,
-        method: str,
-        path: str,
+        method: str | None,
+        path: str | None,
         amr: tuple[str, ...] = (),
     ) -> str:
-        """A 60-second token telling one upstream (aud = route name) who is calling."""
+        """A 60-second token telling one upstream (aud = route name) who is calling.
+
+        With `method` and `path` it is bound to one request; with None for both it holds for
+        every request of the session on the route (gateway.auth.assertions reuses it).
+        """
+        key = self.keyring.signing_key()
+        return self.sign_assertion(key, sub, roles, route, method, path, amr)[0]
+
+    def sign_assertion(
+        self,
+        key: SigningKey,
+        sub: str,
+        roles: tuple[str, ...],
+        route: str,
+        method: str | None,
+        path: str | None,
+        amr: tuple[str, ...],
+    ) -> tuple[str, int]:
+        """mint_assertion with this key; also returns its `iat` (exp = iat + ASSERTION_TTL)."""
         now = int(self.clock())
-        payload = {
+        payload: dict[str, Any] = {
             "iss": self.issuer,
             "aud": route,
             "sub": sub,
             "roles": list(roles),
-            "method": method,
-            "path": path,
-            "amr": list(amr),
-            "jti": secrets.token_urlsafe(12),
-            "iat": now,
-            "nbf": now,
-            "exp": now + ASSERTION_TTL,
         }
-        key = self.keyring.signing_key()
-        return self._signer(key).sign(payload)
+        if method is not None and path is not None:
+            payload["method"] = method
+            payload["path"] = path
+        payload["amr"] = list(amr)
+        payload["jti"] = secrets.token_urlsafe(12)
+        payload["iat"] = now
+        payload["nbf"] = now
+        payload["exp"] = now + ASSERTION_TTL
+        return self._signer(key).sign(payload), now
 
     def _signer(self, key: SigningKey) -> _CompactSigner:
         # one per signing key: the header segment and the prepared key are built once
@@ -323,8 +341,9 @@ def _session_claims(payload: dict[str, Any], kid: str) -> Claims:
 class _CompactSigner:
     """jwt.encode for one key without re-encoding its constant header on every call.
 
-    An assertion is minted per proxied request; PyJWT's general path (header dict, JSON,
-    key preparation) cost as much as the signature itself.
+    An assertion was minted per proxied request (now per session and route, see
+    gateway.auth.assertions); PyJWT's general path (header dict, JSON, key preparation)
+    cost as much as the signature itself.
     """
 
     def __init__(self, key: SigningKey) -> None:

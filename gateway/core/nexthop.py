@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from gateway.auth import assertions
+from gateway.auth.assertions import AssertionCache
 from gateway.auth.tokens import Tokens
 from gateway.config import Config, Route
 from gateway.core.context import RequestContext
@@ -187,7 +189,7 @@ BEARER_USED = b"x-gateway-bearer"
 class _RouteHeaders:
     """The constant parts for one route: names to strip (canonical) and to inject."""
 
-    __slots__ = ("app_strip", "assertion", "proxy_strip", "roles", "route", "user")
+    __slots__ = ("app_strip", "assertion", "binds_request", "proxy_strip", "roles", "route", "user")
 
     def __init__(self, config: Config, route: Route) -> None:
         extra = {canonical(h.encode("latin-1")) for h in route.strip_headers}
@@ -200,6 +202,10 @@ class _RouteHeaders:
         self.user = names.user_header.encode("latin-1").lower()
         self.roles = names.roles_header.encode("latin-1").lower()
         self.assertion = names.assertion_header.encode("latin-1").lower()
+        # method and path in the assertion (one per request, as before issue 17) or not (one
+        # per session and route); `[identity] assertion_binds_request` once config has it
+        binds = getattr(names, "assertion_binds_request", None)
+        self.binds_request = assertions.BINDS_REQUEST if binds is None else bool(binds)
 
 
 class NextHop:
@@ -207,6 +213,8 @@ class NextHop:
 
     def __init__(self, config: Config, tokens: Tokens) -> None:
         self.tokens = tokens
+        # signed once per session and route (and roles, amr, key), reused while fresh
+        self.assertions = AssertionCache(tokens)
         self.cookie_names = cookie_names(config)
         self._routes = {route.name: _RouteHeaders(config, route) for route in config.routes}
 
@@ -221,10 +229,21 @@ class NextHop:
         if names.roles:
             out.append((names.roles, ",".join(identity.roles).encode("utf-8")))
         if names.assertion:
-            assertion = self.tokens.mint_assertion(
-                identity.sub, identity.roles, route.name, method, ctx.path, identity.amr
-            )
-            out.append((names.assertion, assertion.encode("ascii")))
+            if names.binds_request:
+                value = self.assertions.assertion(
+                    identity.sid,
+                    identity.sub,
+                    identity.roles,
+                    route.name,
+                    identity.amr,
+                    method,
+                    ctx.path,
+                )
+            else:
+                value = self.assertions.assertion(
+                    identity.sid, identity.sub, identity.roles, route.name, identity.amr
+                )
+            out.append((names.assertion, value))
         return out
 
     def verdict_headers(self, ctx: RequestContext, method: str) -> list[Header]:

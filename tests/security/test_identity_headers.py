@@ -6,10 +6,12 @@ import jwt
 import pytest
 
 from tests.security.attack import (
+    login,
     no_identity,
     nothing_forwarded,
     only,
     request,
+    signing_key,
     with_cookie,
 )
 
@@ -86,6 +88,54 @@ def test_forged_assertion_header_is_replaced_by_a_signed_one(gw, upstream, alice
     assert jwt.decode(values[0], options={"verify_signature": False})["sub"] == "alice"
 
 
+def _assertion_for(gw, upstream, token: str, target: str = "/app/x", forged=(), host=None):
+    """The one assertion the upstream got for this request, decoded after its signature."""
+    upstream.clear()
+    response = request(gw, "GET", target, [*forged, with_cookie(gw, token)], host=host)
+    assert response.status == 200
+    (value,) = only(upstream).header("x-gateway-assertion")
+    key = signing_key(gw)
+    claims = jwt.decode(
+        value, key.public, algorithms=[key.algorithm], audience=None, options={"verify_aud": False}
+    )
+    return value, claims
+
+
+def test_another_users_reused_assertion_sent_by_a_client_is_replaced(
+    gw, upstream, alice_token, bob_token
+):
+    """The assertion is now reused for a while: holding alice's (from a log, a proxy on the
+    way) must not let bob pass it on as his, in any spelling, nor make it his next one."""
+    stolen, _ = _assertion_for(gw, upstream, alice_token)
+    spellings = [("X-Gateway-Assertion", stolen), ("x_gateway_assertion", stolen)]
+    mine, claims = _assertion_for(gw, upstream, bob_token, forged=spellings)
+    assert mine != stolen and claims["sub"] == "bob"
+    assert _assertion_for(gw, upstream, bob_token)[0] == mine
+    assert _assertion_for(gw, upstream, alice_token)[0] == stolen
+
+
+def test_a_forged_assertion_never_becomes_the_reused_one(gw, upstream):
+    """A forged copy sent on the request that mints the assertion is dropped, not kept."""
+    token = login(gw, "alice")  # a session of its own: nothing is cached for it yet
+    fake = jwt.encode({"sub": "admin", "aud": "app"}, "k" * 32, algorithm="HS256")
+    first, claims = _assertion_for(gw, upstream, token, forged=[("X-Gateway-Assertion", fake)])
+    assert first != fake and (claims["sub"], claims["aud"]) == ("alice", "app")
+    assert _assertion_for(gw, upstream, token)[0] == first
+
+
+def test_a_reused_assertion_never_crosses_to_another_route_on_the_same_path(
+    gw, upstream, alice_token
+):
+    """ "crm" answers the same path on another host: its upstream gets an audience of its own."""
+    on_app, app_claims = _assertion_for(gw, upstream, alice_token, "/app/x")
+    forged = [("X-Gateway-Assertion", on_app)]
+    on_crm, crm_claims = _assertion_for(
+        gw, upstream, alice_token, "/app/x", forged=forged, host="crm.example.com"
+    )
+    assert on_crm != on_app
+    assert (app_claims["aud"], crm_claims["aud"]) == ("app", "crm")
+
+
 def test_route_strip_headers_are_removed_in_every_spelling(gw, upstream):
     headers = [("X-Debug-User", "root"), ("x_debug_user", "root"), ("X.Debug.User", "root")]
     response = request(gw, "GET", "/legacy/x", headers)
@@ -101,7 +151,7 @@ def test_forward_auth_never_echoes_a_client_identity(gw, upstream):
         gw,
         "GET",
         "/.auth/verify",
-        [("X-Forwarded-Uri", "/page"), ("X-User-Id", "admin")],
+        [("X-Forwarded-Uri", "/page"), ("X-Forwarded-Method", "GET"), ("X-User-Id", "admin")],
     )
     assert response.status == 200
     assert response.header("x-user-id") == []
