@@ -100,7 +100,10 @@ CHANGED_NONE = {
 # a default that is a rule rather than a value
 RULES = {(ServerConfig, "public_url"): "unset, it is local_url(port), following server.listen"}
 # a changed default that another rule allows only with more config
-NEEDS = {(KeysConfig, "secret"): (secrets.token_urlsafe(48), {"keys": {"algorithm": "HS256"}})}
+NEEDS = {
+    (KeysConfig, "secret"): (secrets.token_urlsafe(48), {"keys": {"algorithm": "HS256"}}),
+    (SessionConfig, "domain"): ("corp.test", {"server": {"public_url": "https://login.corp.test"}}),
+}
 
 
 @pytest.mark.parametrize(
@@ -264,3 +267,18 @@ def test_a_bad_admin_listen_names_the_field(tmp_path):
     with pytest.raises(ConfigError) as info:
         build_config(raw, tmp_path, env={})
     assert info.value.errors == ["server.admin_listen: 'nowhere' is not \"host:port\""]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://:hunter2@127.0.0.1:26379",
+        "postgresql://gw:hunter2@127.0.0.1/db?schema=Bad",
+        "redis+sentinel://127.0.0.1/svc?sentinel_password=hunter2&bogus=1",
+    ],
+)
+def test_an_error_about_a_store_url_never_repeats_its_password(tmp_path, url):
+    with pytest.raises(ConfigError) as info:
+        build_config({"store": {"url": url}, "routes": [ROUTE]}, tmp_path, env={})
+    assert "store.url" in str(info.value)
+    assert "hunter2" not in str(info.value)

@@ -1,20 +1,47 @@
-"""The store contract, run against every backend: memory, a real SQLite file, the real Redis."""
+"""The store contract, run against every backend: memory, a real SQLite file, the real Redis,
+Redis behind a Sentinel of the tests' own, and PostgreSQL (a schema per test, dropped after)."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
 import pytest
 import redis
 
-from gateway.store import Session, Store, StoreUnavailable, open_store, sqlite_path
-from tests.services import need, port_open
+from gateway.store import (
+    SentinelURL,
+    Session,
+    Store,
+    StoreUnavailable,
+    check_url,
+    open_store,
+    parse_sentinel_url,
+    postgres_url,
+    sqlite_path,
+)
+from tests.redis_servers import (
+    SERVICE,
+    RedisProcess,
+    need_sentinel,
+    start_redis,
+    start_sentinel,
+    wait_for,
+)
+from tests.services import need, need_port, port_open
 
 REDIS_DB = 13  # a database of the tests' own, flushed before each test
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+# characters a URL must escape, so the parsing of both passwords is put to the test
+DATA_PASSWORD = "d@ta:pw/1?#"
+SENTINEL_PASSWORD = "s&nt=pw 2"
 T0 = 1_800_000_000.0
 
 
@@ -23,11 +50,93 @@ def flush_redis() -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@dataclass
+class SentinelSet:
+    """A primary, its replica and one Sentinel (quorum 1), all with a password."""
+
+    primary: RedisProcess
+    replica: RedisProcess
+    sentinel: RedisProcess
+
+
+@pytest.fixture(scope="module")
+def sentinel_set(tmp_path_factory) -> Iterator[SentinelSet]:
+    need_sentinel()
+    base = tmp_path_factory.mktemp("sentinel")
+    started: list[RedisProcess] = []
+    try:
+        primary = start_redis(base / "primary", password=DATA_PASSWORD)
+        started.append(primary)
+        replica = start_redis(base / "replica", replica_of=primary.port, password=DATA_PASSWORD)
+        started.append(replica)
+        sentinel = start_sentinel(
+            base / "sentinel", primary.port, 1, auth_pass=DATA_PASSWORD, password=SENTINEL_PASSWORD
+        )
+        started.append(sentinel)
+        wait_for(
+            lambda: replica.client().info("replication")["master_link_status"] == "up",
+            10,
+            "the replica in sync",
+        )
+        yield SentinelSet(primary, replica, sentinel)
+    finally:
+        for process in reversed(started):
+            process.kill()
+
+
+def sentinel_url(sentinel: RedisProcess, sentinel_password: str = SENTINEL_PASSWORD) -> str:
+    return (
+        f"redis+sentinel://:{quote(DATA_PASSWORD, safe='')}@127.0.0.1:{sentinel.port}/{SERVICE}/2"
+        f"?sentinel_password={quote(sentinel_password, safe='')}"
+    )
+
+
+def drop_schema(schema: str) -> None:
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A schema name no other test uses; dropped (with the gateway's tables) afterwards."""
+    need_port("postgres", 5432)
+    schema = f"gateway_test_{secrets.token_hex(6)}"
+    yield schema
+    drop_schema(schema)
+
+
+Opener = Callable[[str], Store]
+
+
+@pytest.fixture
+async def opened(tmp_path: Path) -> AsyncIterator[Opener]:
+    """open_store for one test; every store it opened is closed at the end, failed or not.
+
+    (A PostgreSQL store left open keeps its pool's tasks alive, and they outlast the end of the
+    event loop: pytest would wait for them for ever.)
+    """
+    backends: list[Store] = []
+
+    def open_(url: str) -> Store:
+        backends.append(open_store(url, tmp_path))
+        return backends[-1]
+
+    yield open_
+    for backend in backends:
+        await backend.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "sentinel", "postgres"])
 async def store(request, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "redis":
         flush_redis()
         url = REDIS_URL
+    elif request.param == "sentinel":
+        servers = request.getfixturevalue("sentinel_set")
+        servers.primary.client(db=2).flushdb()
+        url = sentinel_url(servers.sentinel)
+    elif request.param == "postgres":
+        url = f"{POSTGRES}?schema={request.getfixturevalue('pg_schema')}"
     elif request.param == "sqlite":
         url = "sqlite:///store.db"
     else:
@@ -178,3 +287,191 @@ def test_sqlite_shared_by_processes_loses_nothing(tmp_path: Path):
     sessions, failures = asyncio.run(count())
     assert sessions == 400
     assert failures == 401
+
+
+# -- Sentinel URLs and failures ----------------------------------------------------------
+
+
+def test_sentinel_urls_name_sentinels_service_db_and_both_passwords():
+    assert parse_sentinel_url("redis+sentinel://s1,s2:26380/mymaster") == SentinelURL(
+        sentinels=(("s1", 26379), ("s2", 26380)), service="mymaster"
+    )
+    parsed = parse_sentinel_url(
+        "redis+sentinel://app:p%40ss%3Aw%2Fd@10.0.0.1:5000,[::1]:5001,[fe80::2]/cache%2Dmain/3"
+        "?sentinel_username=watch&sentinel_password=s%26p"
+    )
+    assert parsed == SentinelURL(
+        sentinels=(("10.0.0.1", 5000), ("::1", 5001), ("fe80::2", 26379)),
+        service="cache-main",
+        db=3,
+        username="app",
+        password="p@ss:w/d",
+        sentinel_username="watch",
+        sentinel_password="s&p",
+    )
+    assert parse_sentinel_url("redis+sentinel://:secret@h/svc/").password == "secret"
+    assert parse_sentinel_url("redis+sentinel://:secret@h/svc/").username is None
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis+sentinel://:hunter2@/svc", "names no Sentinel"),
+        ("redis+sentinel://:hunter2@h:26379", "names no service"),
+        ("redis+sentinel://:hunter2@h:26379/", "names no service"),
+        ("redis+sentinel://:hunter2@h:port/svc", "port that is not a number"),
+        ("redis+sentinel://:hunter2@h:70000/svc", "port that is not a number"),
+        ("redis+sentinel://:hunter2@[::1/svc", "unclosed [IPv6]"),
+        ("redis+sentinel://:hunter2@h/svc/zero", "database that is not a number"),
+        ("redis+sentinel://:hunter2@h/svc/0/x", "more than /service/db"),
+        ("redis+sentinel://:hunter2@h/svc?password=x", "unknown option 'password'"),
+    ],
+)
+def test_bad_sentinel_urls_say_why_without_the_password(url: str, why: str):
+    with pytest.raises(ValueError, match=r".") as caught:
+        check_url(url)
+    assert why in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_store_urls_the_config_accepts():
+    for url in (
+        "memory://",
+        "sqlite:///data/g.db",
+        "redis://127.0.0.1:6379/0",
+        "rediss://:pw@redis.internal:6380/1",
+        "redis+sentinel://s1:26379,s2:26379/mymaster/0",
+        "postgresql://gw:pw@db1,db2/gateway?target_session_attrs=read-write",
+        "postgres://gw@db/gateway?schema=gw_sessions",
+    ):
+        check_url(url)
+    for url in ("mysql://db/x", "redis-sentinel://s/m", "nothing", "postgresql://db/x?schema=A-b"):
+        with pytest.raises(ValueError):
+            check_url(url)
+
+
+def test_the_config_checks_store_urls():
+    from gateway.config.values import store_url
+
+    assert store_url("redis+sentinel://s1,s2/mymaster") == "redis+sentinel://s1,s2/mymaster"
+    with pytest.raises(ValueError, match="names no service"):
+        store_url("redis+sentinel://s1,s2")
+    with pytest.raises(ValueError, match="schema"):
+        store_url("postgresql://db/x?schema=Bad")
+
+
+async def test_sentinels_down_raise_store_unavailable(opened: Opener):
+    from tests.conftest import closed_port
+
+    url = f"redis+sentinel://127.0.0.1:{closed_port()},127.0.0.1:{closed_port()}/svc/0"
+    backend = opened(url)
+    with pytest.raises(StoreUnavailable, match=r"no Sentinel at 127\.0\.0\.1:\d+, 127"):
+        await backend.get_session("s1")
+    with pytest.raises(StoreUnavailable):
+        await backend.ping()
+    await backend.close()
+
+
+async def test_a_wrong_sentinel_password_raises_store_unavailable(
+    sentinel_set: SentinelSet, opened: Opener
+):
+    backend = opened(sentinel_url(sentinel_set.sentinel, sentinel_password="no"))
+    with pytest.raises(StoreUnavailable):
+        await backend.ping()
+    await backend.close()
+
+
+async def test_a_sentinel_revocation_is_on_the_replica_when_acknowledged(
+    sentinel_set: SentinelSet, opened: Opener
+):
+    primary, replica = sentinel_set.primary.client(db=2), sentinel_set.replica.client(db=2)
+    primary.flushdb()
+    backend = opened(sentinel_url(sentinel_set.sentinel))
+    for sid in ("s1", "s2", "s3"):
+        await backend.create_session(session(sid))
+    await backend.set_lockout("k", T0 + 900, T0)
+    assert replica.get("gateway:lockout:k") == repr(T0 + 900)  # WAIT saw the replica have it
+    assert await backend.revoke_session("s1") is True
+    assert replica.hget("gateway:session:s1", "revoked") == "1"
+    assert await backend.revoke_user_sessions("alice") == 2
+    assert [replica.hget(f"gateway:session:{sid}", "revoked") for sid in ("s2", "s3")] == [
+        "1",
+        "1",
+    ]
+    await backend.close()
+    # the key layout is the plain Redis store's, in the URL's database
+    assert primary.hget("gateway:session:s1", "user") == "alice"
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+
+def test_postgres_urls_keep_libpq_options_and_take_out_the_schema():
+    assert postgres_url("postgresql://u@h/db") == ("postgresql://u@h/db", "gateway")
+    assert postgres_url("postgres://u:p%40w@h1:5432,h2/db?schema=gw_1&sslmode=require") == (
+        "postgres://u:p%40w@h1:5432,h2/db?sslmode=require",
+        "gw_1",
+    )
+    for bad in ("Upper", "has-dash", "1digit", "x" * 64, ""):
+        with pytest.raises(ValueError, match="schema"):
+            postgres_url(f"postgresql://h/db?schema={bad}")
+    for bad in ("postgresql://u:hunter%zz@h/db", "postgresql://u:hunter2@h/db?nosuch=1"):
+        with pytest.raises(ValueError, match="not a URL libpq can read") as caught:
+            postgres_url(bad)
+        assert "hunter" not in str(caught.value)
+
+
+async def test_postgres_down_raises_store_unavailable(opened: Opener):
+    from tests.conftest import closed_port
+
+    backend = opened(f"postgresql://postgres@127.0.0.1:{closed_port()}/test")
+    with pytest.raises(StoreUnavailable, match="postgresql"):
+        await backend.get_session("s1")
+    await backend.close()
+
+
+def pg_rows(schema: str, table: str) -> list[tuple]:
+    with psycopg.connect(POSTGRES) as conn:
+        return conn.execute(f'SELECT * FROM "{schema}".{table} ORDER BY 1').fetchall()
+
+
+async def test_postgres_makes_its_schema_once_for_workers_starting_together(
+    pg_schema: str, opened: Opener
+):
+    url = f"{POSTGRES}?schema={pg_schema}"
+    backends = [opened(url) for _ in range(6)]
+    await asyncio.gather(*(backend.ping() for backend in backends))
+    await asyncio.gather(*(b.create_session(session(f"s{i}")) for i, b in enumerate(backends)))
+    for backend in backends:
+        await backend.close()
+    assert len(pg_rows(pg_schema, "sessions")) == 6
+
+
+async def test_postgres_forgets_expired_rows(pg_schema: str, opened: Opener):
+    backend = opened(f"{POSTGRES}?schema={pg_schema}")
+    await backend.create_session(session("old", at=T0, life=60))
+    await backend.add_failure("login:user:alice", T0, 60)
+    await backend.set_lockout("login:user:alice", T0 + 120, T0)
+    await backend.set_lockout("login:user:bob", T0 + 86400, T0)
+    # a write an hour later deletes what nobody can use any more, and nothing else
+    await backend.create_session(session("new", at=T0 + 3600))
+    await backend.close()
+    assert [row[0] for row in pg_rows(pg_schema, "sessions")] == ["new"]
+    assert pg_rows(pg_schema, "failures") == []
+    assert [row[0] for row in pg_rows(pg_schema, "lockouts")] == ["login:user:bob"]
+
+
+async def test_postgres_replaces_connections_the_server_dropped(pg_schema: str, opened: Opener):
+    name = f"gw_{pg_schema}"  # this test's connections, and no one else's
+    backend = opened(f"{POSTGRES}?schema={pg_schema}&application_name={name}")
+    await backend.create_session(session("s1"))
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s",
+            (name,),
+        ).fetchone()
+    assert ended is not None and ended[0] >= 1
+    # as after a restart or a failover of the server: the pool checks and reconnects
+    assert await backend.get_session("s1") == session("s1")
+    await backend.close()

@@ -120,9 +120,15 @@ class _Reader:
                 self.errors.append(f"{self.field_path(key)}: unknown key")
 
 
+_URL_SECRET = re.compile(r"(?i)(://)[^/@?#\s]*@|((?:^|[?&])[a-z_]*password=)[^&#\s]*")
+
+
 def _show(value: object) -> str:
     if isinstance(value, dict):
         return "a table"
+    if isinstance(value, str) and "://" in value:
+        # an error about a URL never repeats its password (userinfo or a ...password= option)
+        value = _URL_SECRET.sub(lambda m: f"{m[1]}***@" if m[1] else f"{m[2]}***", value)
     return repr(value)
 
 

@@ -195,11 +195,11 @@ def file_path(value: object) -> Path:
 
 
 def store_url(value: object) -> str:
-    """`store.url`: one of the store backends' URLs."""
+    """`store.url`: one of the store backends' URLs (gateway/store/__init__.py lists them)."""
+    from gateway.store import check_url
+
     text = nonempty(value)
-    scheme = text.split(":", 1)[0]
-    if scheme not in {"memory", "sqlite", "redis", "rediss"} or "://" not in text:
-        raise ValueError("is not memory://, sqlite:///path or redis://host:port/db")
+    check_url(text)
     return text
 
 

@@ -70,10 +70,18 @@ def startup_summary(config: Config, workers: int) -> str:
 
 
 def _redact(url: str) -> str:
+    """A store URL without its secrets: userinfo, and any `...password=` query value."""
     if "@" in url:
         scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+        url = f"{scheme}://***@{rest.split('@', 1)[1]}"
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    parts = []
+    for item in query.split("&"):
+        key, eq, _value = item.partition("=")
+        parts.append(f"{key}=***" if eq and "password" in key.lower() else item)
+    return base + "?" + "&".join(parts)
 
 
 def protocol_factory(config: Config) -> functools.partial:

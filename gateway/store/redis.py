@@ -1,9 +1,16 @@
-"""`redis://host:port/db`: shared by every replica behind a load balancer.
+"""`redis://host:port/db` or `redis+sentinel://...`: shared by every replica behind a balancer.
 
 Each session is a hash with a TTL just past its `expires`; a set per user lists
 its session ids; failures are a sorted set of timestamps (a sliding window) and
 a lockout is a key holding its end time. Times come from the caller, TTLs are
 only there so Redis forgets what nobody can use any more.
+
+With Sentinel (`redis+sentinel://s1:26379,s2:26379/service/db`) the client is redis-py's
+`Sentinel.master_for`: every new connection asks the Sentinels for the current primary, and
+connections to a former primary are dropped, so the store follows a failover by itself. Reads
+go to the primary too (a replica may not have a revocation yet). A revocation or a lockout is
+acknowledged only after `WAIT` has seen it reach a replica (or `_WAIT_MS` passed), so a
+failover right after it does not bring the revoked session back.
 """
 
 from __future__ import annotations
@@ -14,14 +21,26 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway.store import SENTINEL_SCHEME, parse_sentinel_url
 from gateway.store.base import Session, StoreUnavailable
 
 T = TypeVar("T")
 
 PREFIX = "gateway:"
 _TIMEOUT = 2.0  # seconds to connect or answer; past it the store counts as down
+_SENTINEL_TIMEOUT = 1.0  # per Sentinel asked; the next one is asked after it
+_WAIT_MS = 500  # how long a revocation waits for a replica's acknowledgement (Sentinel only)
+
+
+_REVOKE = (
+    "if redis.call('HGET', KEYS[1], 'revoked') == '0' then "
+    "redis.call('HSET', KEYS[1], 'revoked', '1') return 1 end return 0"
+)
 
 
 def _ttl(seconds: float) -> int:
@@ -33,19 +52,52 @@ class RedisStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=_TIMEOUT,
-            socket_connect_timeout=_TIMEOUT,
-            health_check_interval=30,
-            decode_responses=True,
+        self.sentinel: Sentinel | None = None
+        self._no_primary = ""
+        options = {
+            "socket_timeout": _TIMEOUT,
+            "socket_connect_timeout": _TIMEOUT,
+            "health_check_interval": 30,
+            "decode_responses": True,
+        }
+        if url.partition("://")[0] != SENTINEL_SCHEME:
+            self.redis = aioredis.Redis.from_url(url, **options)
+            return
+        where = parse_sentinel_url(url)
+        self._no_primary = (
+            f"redis: no Sentinel at {', '.join(f'{h}:{p}' for h, p in where.sentinels)} "
+            f"names a primary for {where.service!r}"
+        )
+        self.sentinel = Sentinel(
+            list(where.sentinels),
+            sentinel_kwargs={
+                "socket_timeout": _SENTINEL_TIMEOUT,
+                "socket_connect_timeout": _SENTINEL_TIMEOUT,
+                "username": where.sentinel_username,
+                "password": where.sentinel_password,
+                # one try per Sentinel (as for the data nodes): the next Sentinel is the retry
+                "retry": Retry(NoBackoff(), 0),
+            },
+        )
+        self.redis = self.sentinel.master_for(
+            where.service,
+            db=where.db,
+            username=where.username,
+            password=where.password,
+            **options,
         )
 
     async def _do(self, awaitable: Awaitable[T]) -> T:
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        if isinstance(exc, MasterNotFoundError):
+            # redis-py's own message lists every Sentinel client's settings: too much for a log
+            return StoreUnavailable(self._no_primary)
+        return StoreUnavailable(f"redis: {exc}")
 
     @staticmethod
     def _skey(sid: str) -> str:
@@ -99,19 +151,30 @@ class RedisStore:
         await self._do(self.redis.eval(script, 1, self._skey(sid), repr(now)))
 
     async def revoke_session(self, sid: str) -> bool:
-        script = (
-            "if redis.call('HGET', KEYS[1], 'revoked') == '0' then "
-            "redis.call('HSET', KEYS[1], 'revoked', '1') return 1 end return 0"
-        )
-        return bool(await self._do(self.redis.eval(script, 1, self._skey(sid))))
+        return await self._revoke([sid]) > 0
 
     async def revoke_user_sessions(self, user: str) -> int:
         sids = await self._do(self.redis.smembers(self._ukey(user)))
-        count = 0
-        for sid in sids:
-            if await self.revoke_session(sid):
-                count += 1
-        return count
+        return await self._revoke(list(sids))
+
+    async def _revoke(self, sids: list[str]) -> int:
+        """Revoke each of `sids` not revoked yet; the number revoked now."""
+        if self.sentinel is None:
+            count = 0
+            for sid in sids:
+                count += int(await self._do(self.redis.eval(_REVOKE, 1, self._skey(sid))))
+            return count
+        try:
+            # one connection throughout, so that WAIT counts the replicas that have these writes
+            async with self.redis.client() as conn:
+                count = 0
+                for sid in sids:
+                    count += int(await conn.eval(_REVOKE, 1, self._skey(sid)))
+                if count:
+                    await conn.wait(1, _WAIT_MS)
+                return count
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
 
     async def list_sessions(self, user: str, now: float) -> list[Session]:
         sids = await self._do(self.redis.smembers(self._ukey(user)))
@@ -147,7 +210,15 @@ class RedisStore:
         if current is not None and current >= until:
             return
         # the stored end time, judged by the caller's clock, decides; the TTL only cleans up
-        await self._do(self.redis.set(name, repr(until), ex=_ttl(until - now)))
+        if self.sentinel is None:
+            await self._do(self.redis.set(name, repr(until), ex=_ttl(until - now)))
+            return
+        try:
+            async with self.redis.client() as conn:  # WAIT counts this connection's writes
+                await conn.set(name, repr(until), ex=_ttl(until - now))
+                await conn.wait(1, _WAIT_MS)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
 
     async def lockout_until(self, key: str, now: float) -> float | None:
         value = await self._do(self.redis.get(f"{PREFIX}lockout:{key}"))
@@ -165,3 +236,8 @@ class RedisStore:
             await self.redis.aclose()
         except (RedisError, OSError):
             pass
+        if self.sentinel is not None:
+            try:
+                await self.sentinel.aclose()
+            except (RedisError, OSError):
+                pass
