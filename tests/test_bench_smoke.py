@@ -41,6 +41,7 @@ def test_the_benchmark_runs_end_to_end_and_stops_what_it_started(tmp_path: Path)
         "5 gateway 2w EdDSA",
         "5 gateway 1w HS256",
         "5 gateway 2w HS256",
+        "5 gateway 1w EdDSA, refresh 12h",
     }
     for name, runs in report["main"].items():
         assert all(run["requests"] > 0 and run["errors"] == 0 for run in runs), name
