@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.config import Config, Route
-from gateway.core.casefold import ascii_lower
 from gateway.core.context import Identity
 from gateway.core.policy import Outcome, decide
-from gateway.core.routing import BadPath, Router, normalize_path
+from gateway.core.routing import BadPath, Router, normalize_path, under_prefix
 from gateway.sources.base import canonical_username
 
 _VERDICT = {
@@ -50,8 +49,7 @@ def explain(
     if isinstance(path, BadPath):
         return Explanation(None, "bad request (400)", f"the path is refused: {path.detail}", "")
     prefix = config.auth.prefix
-    folded = ascii_lower(path)
-    if folded == ascii_lower(prefix) or folded.startswith(ascii_lower(prefix) + "/"):
+    if under_prefix(path, prefix):
         return Explanation(None, "the gateway's own endpoint", f"under auth.prefix {prefix}", path)
     route = Router(config.routes).match(host, path)
     if route is None:
