@@ -179,6 +179,16 @@ def run_main(work: Path, plan: Plan, report: Report, baseline: Baseline | None =
     )
     no_refresh.name = "5 gateway 1w EdDSA, refresh 12h"
     targets.append((no_refresh, path, "bench"))
+    # forward-auth: nginx asks the 2-worker EdDSA gateway's /verify, then proxies itself
+    checked = gateways[(2, "EdDSA")]
+    for cached in (False, True):
+        front = setups.start_nginx_forward_auth(work, upstream, checked, cached=cached)
+        front.name = (
+            f"6 nginx auth_request, verdict cached {setups.AUTH_CACHE_SECONDS}s"
+            if cached
+            else "6 nginx auth_request -> gateway 2w EdDSA"
+        )
+        targets.append((front, path, "bench"))
     for target, p, user in targets:
         check(target, p, user)
         # warm pools, caches and JITs before anything is recorded

@@ -126,6 +126,61 @@ def start_nginx_proxy(work: Path, upstream: Target) -> Target:
     return Target("nginx proxy", f"http://127.0.0.1:{port}", proc)
 
 
+EXAMPLE_NGINX = Path(__file__).resolve().parent.parent / "examples" / "nginx.conf"
+# how long the cached forward-auth setup keeps a verdict: also its revocation delay
+AUTH_CACHE_SECONDS = 1
+
+
+def _example_site(port: int, gateway: Target, upstream: Target) -> str:
+    """examples/nginx.conf as shipped, on bench ports (the forward-auth tests do the same)."""
+    site = EXAMPLE_NGINX.read_text()
+    replacements = {
+        "server 127.0.0.1:8000;": f"server {gateway.url.removeprefix('http://')};",
+        "server 127.0.0.1:9001;": f"server {upstream.url.removeprefix('http://')};",
+        "listen 80;": f"listen 127.0.0.1:{port} reuseport backlog=4096;",
+    }
+    for old, new in replacements.items():
+        if site.count(old) != 1:
+            raise RuntimeError(f"examples/nginx.conf no longer has exactly one {old!r}")
+        site = site.replace(old, new)
+    return site
+
+
+def start_nginx_forward_auth(
+    work: Path, upstream: Target, gateway: Target, cached: bool = False
+) -> Target:
+    """nginx (2 workers) with examples/nginx.conf: `auth_request` to the gateway's /verify
+    before every request, then nginx proxies to the app itself.
+
+    `cached`: nginx keeps each 200 verdict for AUTH_CACHE_SECONDS, keyed by the cookie, the
+    Authorization header, the method, host and URI (a verdict is per route); a response that
+    sets a cookie (a re-issue) is never cached (nginx's default), nor any 401 or 403. A
+    revocation then takes up to that long to reach nginx: the README states it.
+    """
+    port = procs.free_port()
+    name = "forward-auth-cached" if cached else "forward-auth"
+    site = _example_site(port, gateway, upstream)
+    cache = ""
+    if cached:
+        cache = f"proxy_cache_path {work / name}/authcache keys_zone=gateway_verdicts:10m;\n"
+        marker = "        proxy_pass http://gateway/.auth/verify;\n"
+        site = site.replace(
+            marker,
+            marker
+            + "        proxy_cache gateway_verdicts;\n"
+            + '        proxy_cache_key "$cookie_gw_session|$http_authorization|'
+            + '$request_method|$host|$request_uri";\n'
+            + f"        proxy_cache_valid 200 {AUTH_CACHE_SECONDS}s;\n",
+        )
+    prefix, conf = _nginx(work, name, cache + site, workers=2)
+    proc = procs.start(
+        ["nginx", "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+        prefix / "stdout.log",
+        port,
+    )
+    return Target(name, f"http://127.0.0.1:{port}", proc, gateway.cookie)
+
+
 def start_haproxy(work: Path, upstream: Target, secret: str, token: str) -> Target:
     """HAProxy verifying the HS256 cookie JWT with jwt_verify, then setting X-User-Id."""
     port = procs.free_port()

@@ -42,6 +42,8 @@ def test_the_benchmark_runs_end_to_end_and_stops_what_it_started(tmp_path: Path)
         "5 gateway 1w HS256",
         "5 gateway 2w HS256",
         "5 gateway 1w EdDSA, refresh 12h",
+        "6 nginx auth_request -> gateway 2w EdDSA",
+        "6 nginx auth_request, verdict cached 1s",
     }
     for name, runs in report["main"].items():
         assert all(run["requests"] > 0 and run["errors"] == 0 for run in runs), name
