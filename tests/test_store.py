@@ -231,6 +231,177 @@ async def test_concurrent_failures_are_all_counted(store: Store):
     assert sorted(counts) == list(range(1, 21))
 
 
+# -- records -------------------------------------------------------------------------------
+
+
+async def test_a_put_record_reads_back_and_a_second_put_replaces_it(store: Store):
+    assert await store.get_record("svc:a", T0) is None
+    assert await store.put_record("svc:a", "first", T0, None) is True
+    assert await store.get_record("svc:a", T0) == "first"
+    assert await store.put_record("svc:a", "second ü ✓", T0, T0 + 60) is True
+    assert await store.get_record("svc:a", T0) == "second ü ✓"
+    assert await store.get_record("svc:b", T0) is None
+    # a replacement takes the new end time as well as the new value
+    assert await store.put_record("svc:a", "third", T0, None) is True
+    assert await store.get_record("svc:a", T0 + 3600) == "third"
+
+
+async def test_a_record_ends_at_its_expires_judged_by_the_callers_now(store: Store):
+    # times far in the past of the wall clock: only the passed `now` counts
+    assert await store.put_record("code:1", "v", 90, 100) is True
+    assert await store.get_record("code:1", 99) == "v"
+    assert await store.list_records("code:", 99) == {"code:1": "v"}
+    assert await store.put_record("code:1", "other", 99, 200, only_new=True) is False
+    assert await store.get_record("code:1", 99) == "v"
+    assert await store.get_record("code:1", 100) is None
+    assert await store.list_records("code:", 100) == {}
+    assert await store.put_record("code:1", "again", 100, 200, only_new=True) is True
+    assert await store.get_record("code:1", 199) == "again"
+    # and at the unix times of now, with an end a minute ahead of the caller's clock
+    assert await store.put_record("code:2", "w", T0, T0 + 60) is True
+    assert await store.get_record("code:2", T0 + 59.5) == "w"
+    assert await store.list_records("code:2", T0 + 60) == {}
+    assert await store.get_record("code:2", T0 + 60) is None
+
+
+async def test_a_record_without_an_end_never_ends(store: Store):
+    assert await store.put_record("keep", "v", T0, None) is True
+    assert await store.get_record("keep", T0 * 100) == "v"
+    assert await store.list_records("", T0 * 100) == {"keep": "v"}
+    assert await store.put_record("keep", "w", T0 * 100, None, only_new=True) is False
+    assert await store.get_record("keep", T0) == "v"
+
+
+async def test_only_new_is_refused_while_a_live_record_is_there(store: Store):
+    assert await store.put_record("used:jti", "1", T0, T0 + 300, only_new=True) is True
+    assert await store.put_record("used:jti", "2", T0 + 1, T0 + 300, only_new=True) is False
+    assert await store.put_record("used:jti", "3", T0 + 299, T0 + 900, only_new=True) is False
+    assert await store.get_record("used:jti", T0 + 299) == "1"  # nothing changed
+    # once it has ended the key is free again, and the new record has its own end
+    assert await store.put_record("used:jti", "4", T0 + 300, T0 + 900, only_new=True) is True
+    assert await store.get_record("used:jti", T0 + 899) == "4"
+    assert await store.get_record("used:jti", T0 + 900) is None
+    # a plain put replaces regardless
+    assert await store.put_record("used:jti", "5", T0 + 400, None) is True
+    assert await store.get_record("used:jti", T0 + 400) == "5"
+
+
+async def test_delete_record_is_true_once_then_false(store: Store):
+    await store.put_record("svc:a", "v", T0, T0 + 60)
+    await store.put_record("svc:b", "w", T0, None)
+    assert await store.delete_record("svc:a") is True
+    assert await store.delete_record("svc:a") is False
+    assert await store.delete_record("never") is False
+    assert await store.get_record("svc:a", T0) is None
+    assert await store.get_record("svc:b", T0) == "w"
+    assert await store.put_record("svc:a", "new", T0, None, only_new=True) is True
+
+
+async def test_list_records_by_prefix(store: Store):
+    await store.put_record("svc-name:a", "1", T0, None)
+    await store.put_record("svc-name:b", "2", T0, T0 + 60)
+    await store.put_record("svc-name:gone", "3", T0, T0 + 10)
+    await store.put_record("svc-used:a", "4", T0, None)
+    await store.put_record("svc", "5", T0, None)
+    assert await store.list_records("svc-name:", T0 + 30) == {"svc-name:a": "1", "svc-name:b": "2"}
+    assert await store.list_records("svc-used:", T0 + 30) == {"svc-used:a": "4"}
+    assert await store.list_records("svc-name:a", T0 + 30) == {"svc-name:a": "1"}
+    assert await store.list_records("svc-", T0 + 30) == {
+        "svc-name:a": "1",
+        "svc-name:b": "2",
+        "svc-used:a": "4",
+    }
+    assert await store.list_records("", T0 + 30) == {
+        "svc-name:a": "1",
+        "svc-name:b": "2",
+        "svc-used:a": "4",
+        "svc": "5",
+    }
+    assert await store.list_records("SVC", T0 + 30) == {}  # case counts
+    assert await store.list_records("nothing:", T0 + 30) == {}
+
+
+async def test_no_character_of_a_prefix_is_a_wildcard(store: Store):
+    keys = ["a_b:1", "axb:1", "a%b:1", "a*b:1", "a?b:1", "a[b]:1", "ab]:1", "a\\b:1", "a^b:1"]
+    for i, key in enumerate(keys):
+        assert await store.put_record(key, str(i), T0, None) is True
+    assert await store.list_records("a_b", T0) == {"a_b:1": "0"}  # SQL LIKE's one character
+    assert await store.list_records("a%", T0) == {"a%b:1": "2"}  # LIKE's any characters
+    assert await store.list_records("a*", T0) == {"a*b:1": "3"}  # glob's any characters
+    assert await store.list_records("a?", T0) == {"a?b:1": "4"}  # glob's one character
+    assert await store.list_records("a[b", T0) == {"a[b]:1": "5"}
+    assert await store.list_records("a[x]b", T0) == {}  # not a glob class matching axb
+    assert await store.list_records("a[^x]", T0) == {}
+    assert await store.list_records("a\\", T0) == {"a\\b:1": "7"}
+    assert await store.list_records("a\\b", T0) == {"a\\b:1": "7"}  # not an escaped b
+    assert await store.list_records("a^", T0) == {"a^b:1": "8"}
+    assert len(await store.list_records("a", T0)) == len(keys)
+
+
+async def test_concurrent_only_new_puts_have_exactly_one_winner(store: Store):
+    results = await asyncio.gather(
+        *(store.put_record("once", f"w{i}", T0, T0 + 60, only_new=True) for i in range(20))
+    )
+    assert results.count(True) == 1
+    assert await store.get_record("once", T0) == f"w{results.index(True)}"
+    # the same once the first record has ended, with every caller's clock past its end
+    results = await asyncio.gather(
+        *(store.put_record("once", f"x{i}", T0 + 60, T0 + 120, only_new=True) for i in range(20))
+    )
+    assert results.count(True) == 1
+    assert await store.get_record("once", T0 + 60) == f"x{results.index(True)}"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "k" * 201, "has space", "tab\tkey", "new\nline", "nul\x00", "caf\u00e9", "\x7f", None, 1],
+)
+async def test_bad_record_keys_raise_value_error(store: Store, key):
+    with pytest.raises(ValueError, match="record key"):
+        await store.put_record(key, "v", T0, None)
+    with pytest.raises(ValueError, match="record key"):
+        await store.put_record(key, "v", T0, None, only_new=True)
+    with pytest.raises(ValueError, match="record key"):
+        await store.get_record(key, T0)
+    with pytest.raises(ValueError, match="record key"):
+        await store.delete_record(key)
+    if key != "":  # an empty prefix lists every record
+        with pytest.raises(ValueError, match="record key"):
+            await store.list_records(key, T0)
+
+
+@pytest.mark.parametrize(
+    ("value", "expires"),
+    [
+        ("x" * (64 * 1024 + 1), None),
+        ("\u00e9" * (32 * 1024 + 1), None),  # fewer characters than 64 Ki, more bytes
+        ("lone \udc80 surrogate", None),
+        ("nul \x00 inside", None),
+        (b"bytes", None),
+        (None, None),
+        ("v", float("nan")),
+        ("v", float("inf")),
+        ("v", "100"),
+    ],
+)
+async def test_bad_record_values_raise_value_error(store: Store, value, expires):
+    for only_new in (False, True):
+        with pytest.raises(ValueError, match="record"):
+            await store.put_record("k", value, T0, expires, only_new=only_new)
+    assert await store.get_record("k", T0) is None
+
+
+async def test_records_at_the_limits_are_stored(store: Store):
+    longest_key = "~" + "k" * 198 + "!"
+    biggest = "\u00e9" * (32 * 1024)  # 64 KiB exactly as UTF-8
+    assert await store.put_record(longest_key, biggest, T0, None) is True
+    assert await store.get_record(longest_key, T0) == biggest
+    assert await store.put_record("empty", "", T0, None) is True
+    assert await store.get_record("empty", T0) == ""
+    assert await store.list_records("", T0) == {longest_key: biggest, "empty": ""}
+    assert await store.delete_record(longest_key) is True
+
+
 def test_sqlite_paths_are_relative_to_the_config(tmp_path: Path):
     assert sqlite_path("sqlite:///data/g.db", tmp_path) == tmp_path / "data" / "g.db"
     assert sqlite_path("sqlite:////var/lib/g.db", tmp_path) == Path("/var/lib/g.db")
@@ -245,6 +416,33 @@ async def test_redis_down_raises_store_unavailable(tmp_path: Path):
     with pytest.raises(StoreUnavailable):
         await backend.ping()
     await backend.close()
+
+
+async def test_a_redis_record_is_a_hash_with_a_ttl_just_past_its_end(opened: Opener):
+    flush_redis()
+    raw = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    backend = opened(REDIS_URL)
+    # an end 60 s after the caller's now: a TTL of about a minute, whatever the wall clock
+    assert await backend.put_record("code:1", "v", 1000.0, 1060.0, only_new=True) is True
+    assert raw.hgetall("gateway:record:code:1") == {"v": "v", "e": "1060.0"}
+    assert 60 < raw.ttl("gateway:record:code:1") <= 62
+    # a replacement without an end keeps no TTL of the record before it
+    assert await backend.put_record("code:1", "w", 1000.0, None) is True
+    assert raw.hgetall("gateway:record:code:1") == {"v": "w", "e": ""}
+    assert raw.ttl("gateway:record:code:1") == -1
+    # the stored end decides, not the TTL: a record ended by the caller's clock is not there
+    await backend.put_record("code:2", "x", 1000.0, 1060.0)
+    assert raw.exists("gateway:record:code:2") == 1
+    assert await backend.get_record("code:2", 1060.0) is None
+    assert await backend.put_record("code:2", "y", 1060.0, 1120.0, only_new=True) is True
+    # keys that only look like the prefix glob are not listed
+    raw.hset("gateway:record:codeX", mapping={"v": "no", "e": ""})
+    raw.hset("gateway:record:code:3", mapping={"v": "damaged", "e": "soon"})
+    assert await backend.list_records("code:", 1060.0) == {"code:1": "w", "code:2": "y"}
+    assert await backend.get_record("code:3", 1060.0) is None
+    assert await backend.put_record("code:3", "z", 1060.0, None, only_new=True) is True
+    assert await backend.get_record("code:3", 1060.0) == "z"
+    raw.close()
 
 
 async def test_sqlite_unwritable_raises_store_unavailable(tmp_path: Path):
@@ -287,6 +485,84 @@ def test_sqlite_shared_by_processes_loses_nothing(tmp_path: Path):
     sessions, failures = asyncio.run(count())
     assert sessions == 400
     assert failures == 401
+
+
+def _claim(path: str, worker: int, keys: int, start, won: str) -> None:
+    async def run() -> list[int]:
+        backend = open_store(f"sqlite:///{path}", Path("/"))
+        await backend.ping()  # connected and the schema made before the race starts
+        start.wait(60)
+        claimed = [
+            i
+            for i in range(keys)
+            if await backend.put_record(f"code:{i}", f"w{worker}", T0, T0 + 60, only_new=True)
+        ]
+        await backend.close()
+        return claimed
+
+    Path(won).write_text(" ".join(map(str, asyncio.run(run()))))
+
+
+def test_sqlite_only_new_across_processes_has_exactly_one_winner(tmp_path: Path):
+    db, workers, keys = tmp_path / "shared.db", 4, 200
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(workers)
+    procs = [
+        ctx.Process(target=_claim, args=(str(db), w, keys, start, str(tmp_path / f"won-{w}")))
+        for w in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    won = {w: (tmp_path / f"won-{w}").read_text().split() for w in range(workers)}
+    claims = sorted(int(i) for ids in won.values() for i in ids)
+    assert claims == list(range(keys))  # every code claimed by exactly one process
+
+    async def stored() -> dict[str, str]:
+        backend = open_store(f"sqlite:///{db}", Path("/"))
+        found = await backend.list_records("code:", T0)
+        await backend.close()
+        return found
+
+    assert asyncio.run(stored()) == {
+        f"code:{i}": f"w{w}" for w, ids in won.items() for i in map(int, ids)
+    }
+
+
+async def test_sqlite_adds_the_records_table_to_an_existing_file(tmp_path: Path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # a file made by a gateway from before records
+        conn.executescript(
+            "CREATE TABLE sessions (sid TEXT PRIMARY KEY, user TEXT NOT NULL, created REAL NOT"
+            " NULL, last_seen REAL NOT NULL, expires REAL NOT NULL, revoked INTEGER NOT NULL"
+            " DEFAULT 0);"
+            "INSERT INTO sessions VALUES ('s1', 'alice', 1, 1, 1e12, 0);"
+        )
+    backend = open_store(f"sqlite:///{path}", Path("/"))
+    assert await backend.put_record("k", "v", T0, None) is True
+    assert await backend.get_record("k", T0) == "v"
+    assert (await backend.get_session("s1")) is not None
+    await backend.close()
+
+
+async def test_sqlite_forgets_ended_records(tmp_path: Path):
+    import sqlite3
+
+    path = tmp_path / "sweep.db"
+    backend = open_store(f"sqlite:///{path}", Path("/"))
+    await backend.put_record("old", "1", T0, T0 + 60)
+    await backend.put_record("kept", "2", T0, None)
+    await backend.put_record("later", "3", T0, T0 + 86400)
+    # a write an hour later deletes the records that have ended, and nothing else
+    await backend.put_record("new", "4", T0 + 3600, T0 + 7200)
+    await backend.close()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT key FROM records ORDER BY key").fetchall()
+    assert [row[0] for row in rows] == ["kept", "later", "new"]
 
 
 # -- Sentinel URLs and failures ----------------------------------------------------------
@@ -403,6 +679,31 @@ async def test_a_sentinel_revocation_is_on_the_replica_when_acknowledged(
     assert primary.hget("gateway:session:s1", "user") == "alice"
 
 
+async def test_a_sentinel_record_used_once_or_deleted_is_on_the_replica_when_acknowledged(
+    sentinel_set: SentinelSet, opened: Opener
+):
+    primary, replica = sentinel_set.primary.client(db=2), sentinel_set.replica.client(db=2)
+    primary.flushdb()
+    backend = opened(sentinel_url(sentinel_set.sentinel))
+
+    def waits() -> int:  # a local replica is quick: count the WAITs, not only their effect
+        return primary.info("commandstats").get("cmdstat_wait", {}).get("calls", 0)
+
+    before = waits()
+    for i in range(20):  # WAIT saw the replica have each, so every read of it finds it there
+        assert await backend.put_record(f"used:{i}", "1", T0, T0 + 60, only_new=True) is True
+        assert replica.hget(f"gateway:record:used:{i}", "v") == "1"
+    assert waits() == before + 20
+    assert await backend.put_record("used:0", "2", T0, T0 + 60, only_new=True) is False
+    assert await backend.delete_record("never") is False
+    assert waits() == before + 20  # nothing written, nothing to wait for
+    for i in range(20):
+        assert await backend.delete_record(f"used:{i}") is True
+        assert replica.exists(f"gateway:record:used:{i}") == 0
+    assert waits() == before + 40
+    await backend.close()
+
+
 # -- PostgreSQL ----------------------------------------------------------------------------
 
 
@@ -459,6 +760,52 @@ async def test_postgres_forgets_expired_rows(pg_schema: str, opened: Opener):
     assert [row[0] for row in pg_rows(pg_schema, "sessions")] == ["new"]
     assert pg_rows(pg_schema, "failures") == []
     assert [row[0] for row in pg_rows(pg_schema, "lockouts")] == ["login:user:bob"]
+
+
+async def test_postgres_forgets_ended_records(pg_schema: str, opened: Opener):
+    backend = opened(f"{POSTGRES}?schema={pg_schema}")
+    await backend.put_record("old", "1", T0, T0 + 60)
+    await backend.put_record("kept", "2", T0, None)
+    await backend.put_record("later", "3", T0, T0 + 86400)
+    # a write an hour later deletes the records that have ended, and nothing else
+    await backend.put_record("new", "4", T0 + 3600, T0 + 7200)
+    await backend.close()
+    assert [row[0] for row in pg_rows(pg_schema, "records")] == ["kept", "later", "new"]
+    assert pg_rows(pg_schema, "records")[0] == ("kept", "2", None)
+
+
+async def test_postgres_adds_the_records_table_to_an_existing_schema(
+    pg_schema: str, opened: Opener
+):
+    url = f"{POSTGRES}?schema={pg_schema}"
+    first = opened(url)
+    await first.create_session(session("s1"))
+    await first.close()
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:  # as a gateway from before records
+        conn.execute(f'DROP TABLE "{pg_schema}".records')
+    backend = opened(url)
+    assert await backend.put_record("k", "v", T0, None) is True
+    assert await backend.get_record("k", T0) == "v"
+    assert await backend.get_session("s1") == session("s1")
+    await backend.close()
+
+
+async def test_postgres_only_new_across_stores_has_exactly_one_winner(
+    pg_schema: str, opened: Opener
+):
+    url = f"{POSTGRES}?schema={pg_schema}"
+    backends = [opened(url) for _ in range(4)]  # as four workers, each with its pool
+    await asyncio.gather(*(backend.ping() for backend in backends))
+    for round_ in range(10):
+        results = await asyncio.gather(
+            *(
+                backends[i % 4].put_record(f"code:{round_}", f"w{i}", T0, T0 + 60, only_new=True)
+                for i in range(20)
+            )
+        )
+        assert results.count(True) == 1
+    for backend in backends:
+        await backend.close()
 
 
 async def test_postgres_replaces_connections_the_server_dropped(pg_schema: str, opened: Opener):

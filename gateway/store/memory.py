@@ -1,10 +1,13 @@
-"""`memory://`: sessions and counters in this process only (tests, a single process)."""
+"""`memory://`: sessions, counters and records in this process only (tests, one process).
+
+Records are a dictionary key -> (value, end time or None); an ended one is dropped when met.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-from gateway.store.base import Session
+from gateway.store.base import Session, check_record, check_record_key
 
 
 class MemoryStore:
@@ -14,6 +17,7 @@ class MemoryStore:
         self._sessions: dict[str, Session] = {}
         self._failures: dict[str, list[float]] = {}
         self._lockouts: dict[str, float] = {}
+        self._records: dict[str, tuple[str, float | None]] = {}
 
     async def create_session(self, session: Session) -> None:
         self._sessions[session.sid] = session
@@ -65,6 +69,31 @@ class MemoryStore:
             return None
         return until
 
+    async def put_record(
+        self, key: str, value: str, now: float, expires: float | None, *, only_new: bool = False
+    ) -> bool:
+        check_record(key, value, expires)
+        # no await before the write: one event loop, so the check and the write are atomic
+        if only_new and self._live_record(key, now) is not None:
+            return False
+        self._records[key] = (value, expires)
+        return True
+
+    async def get_record(self, key: str, now: float) -> str | None:
+        check_record_key(key)
+        return self._live_record(key, now)
+
+    async def delete_record(self, key: str) -> bool:
+        check_record_key(key)
+        # no `now` here: a record past its end that nothing has dropped yet still counts
+        return self._records.pop(key, None) is not None
+
+    async def list_records(self, prefix: str, now: float) -> dict[str, str]:
+        check_record_key(prefix, prefix=True)
+        for key in [k for k, (_, end) in self._records.items() if end is not None and end <= now]:
+            del self._records[key]
+        return {k: v for k, (v, _) in self._records.items() if k.startswith(prefix)}
+
     async def ping(self) -> None:
         return None
 
@@ -74,3 +103,13 @@ class MemoryStore:
     def _forget_expired(self, now: float) -> None:
         for sid in [sid for sid, s in self._sessions.items() if s.expires <= now]:
             del self._sessions[sid]
+
+    def _live_record(self, key: str, now: float) -> str | None:
+        found = self._records.get(key)
+        if found is None:
+            return None
+        value, end = found
+        if end is not None and end <= now:
+            del self._records[key]
+            return None
+        return value

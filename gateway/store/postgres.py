@@ -8,11 +8,15 @@ use when missing, under an advisory lock so that workers starting together take 
               revoked boolean)  + indexes on username and expires
     failures (key text, at float8, forget_after float8)  + indexes on (key, at), forget_after
     lockouts (key text PRIMARY KEY, until float8)
+    records (key text PRIMARY KEY, value text, expires float8 NULL = never ends)
+             + an index on expires
 
 Times are unix seconds from the caller, as in every store. Failures of one key are counted
 under a transaction-scoped advisory lock on that key, so concurrent failures each get their
-own count. Every few minutes (of the callers' clock) a write also deletes the sessions,
-failures and lockouts nobody can use any more.
+own count. A record past its end counts as absent at once; `put_record(..., only_new=True)`
+is one `INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE` the row there has ended, so of
+concurrent callers exactly one stores. Every few minutes (of the callers' clock) a write also
+deletes the sessions, failures, lockouts and records nobody can use any more.
 
 libpq's URL form applies: `?sslmode=verify-full`, several hosts with
 `target_session_attrs=read-write` for a primary that moves, `connect_timeout`, and so on.
@@ -30,7 +34,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.store import postgres_url
-from gateway.store.base import Session, StoreUnavailable
+from gateway.store.base import Session, StoreUnavailable, check_record, check_record_key
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
@@ -42,7 +46,7 @@ _POOL_MAX = 10  # connections per process
 _LOCK_CLASS = 0x67617465  # "gate": the first key of the gateway's advisory locks
 _LOCK_SCHEMA, _LOCK_FAILURES = 1, 2  # the second key's kinds (hashed with the name)
 
-_TABLES = ("sessions", "failures", "lockouts")
+_TABLES = ("sessions", "failures", "lockouts", "records")
 _DDL = (
     """CREATE TABLE IF NOT EXISTS {schema}.sessions (
         sid text PRIMARY KEY,
@@ -65,6 +69,12 @@ _DDL = (
         key text PRIMARY KEY,
         until double precision NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS {schema}.records (
+        key text PRIMARY KEY,
+        value text NOT NULL,
+        expires double precision NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS records_expires ON {schema}.records (expires)",
 )
 _COLUMNS = "sid, username, created, last_seen, expires, revoked"
 
@@ -175,6 +185,7 @@ class PostgresStore:
         await conn.execute(self.q("DELETE FROM {schema}.sessions WHERE expires <= %s"), (now,))
         await conn.execute(self.q("DELETE FROM {schema}.failures WHERE forget_after <= %s"), (now,))
         await conn.execute(self.q("DELETE FROM {schema}.lockouts WHERE until <= %s"), (now,))
+        await conn.execute(self.q("DELETE FROM {schema}.records WHERE expires <= %s"), (now,))
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -313,6 +324,75 @@ class PostgresStore:
             )
             row = await cursor.fetchone()
             return float(row[0]) if row and row[0] > now else None
+
+        return await self._run(work)
+
+    # -- records ------------------------------------------------------------------------
+
+    async def put_record(
+        self, key: str, value: str, now: float, expires: float | None, *, only_new: bool = False
+    ) -> bool:
+        check_record(key, value, expires)
+        # with only_new a row there is replaced only when it has ended: the conflicting row is
+        # locked and its newest version judged, so concurrent callers cannot both store
+        statement = (
+            "INSERT INTO {schema}.records AS r (key, value, expires) VALUES (%s, %s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires"
+        )
+        params: tuple[Any, ...] = (key, value, expires)
+        if only_new:
+            statement += " WHERE r.expires IS NOT NULL AND r.expires <= %s"
+            params = (*params, now)
+
+        async def work(conn: Conn) -> bool:
+            cursor = await conn.execute(self.q(statement), params)
+            stored = cursor.rowcount > 0
+            await self._sweep_if_due(conn, now)
+            return stored
+
+        return await self._run(work)
+
+    async def get_record(self, key: str, now: float) -> str | None:
+        check_record_key(key)
+
+        async def work(conn: Conn) -> str | None:
+            cursor = await conn.execute(
+                self.q(
+                    "SELECT value FROM {schema}.records "
+                    "WHERE key = %s AND (expires IS NULL OR expires > %s)"
+                ),
+                (key, now),
+            )
+            row = await cursor.fetchone()
+            return row[0] if row else None
+
+        return await self._run(work)
+
+    async def delete_record(self, key: str) -> bool:
+        check_record_key(key)
+
+        async def work(conn: Conn) -> bool:
+            # no `now` here: a row past its end that no sweep has deleted yet still counts
+            cursor = await conn.execute(
+                self.q("DELETE FROM {schema}.records WHERE key = %s"), (key,)
+            )
+            return cursor.rowcount > 0
+
+        return await self._run(work)
+
+    async def list_records(self, prefix: str, now: float) -> dict[str, str]:
+        check_record_key(prefix, prefix=True)
+
+        async def work(conn: Conn) -> dict[str, str]:
+            # left(), not LIKE: no character of the prefix is a wildcard
+            cursor = await conn.execute(
+                self.q(
+                    "SELECT key, value FROM {schema}.records "
+                    "WHERE left(key, %s) = %s AND (expires IS NULL OR expires > %s) ORDER BY key"
+                ),
+                (len(prefix), prefix, now),
+            )
+            return dict(await cursor.fetchall())
 
         return await self._run(work)
 

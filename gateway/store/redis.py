@@ -5,12 +5,19 @@ its session ids; failures are a sorted set of timestamps (a sliding window) and
 a lockout is a key holding its end time. Times come from the caller, TTLs are
 only there so Redis forgets what nobody can use any more.
 
+A record is a hash `gateway:record:<key>` with fields `v` (the value) and `e` (its end time,
+empty for none), and a TTL just past its end (counted from the caller's `now`) when it has
+one; the stored end judged against the caller's `now` decides whether it is live. Each write
+of a record is one Lua script, so `only_new` (store unless a live record is there) is atomic.
+Listing SCANs the keys under the prefix, its glob characters escaped.
+
 With Sentinel (`redis+sentinel://s1:26379,s2:26379/service/db`) the client is redis-py's
 `Sentinel.master_for`: every new connection asks the Sentinels for the current primary, and
 connections to a former primary are dropped, so the store follows a failover by itself. Reads
-go to the primary too (a replica may not have a revocation yet). A revocation or a lockout is
-acknowledged only after `WAIT` has seen it reach a replica (or `_WAIT_MS` passed), so a
-failover right after it does not bring the revoked session back.
+go to the primary too (a replica may not have a revocation yet). A revocation, a lockout, a
+record stored with `only_new` (a one-time code used) or a record deleted is acknowledged only
+after `WAIT` has seen it reach a replica (or `_WAIT_MS` passed), so a failover right after it
+does not bring the revoked session back or make the used code usable again.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.store import SENTINEL_SCHEME, parse_sentinel_url
-from gateway.store.base import Session, StoreUnavailable
+from gateway.store.base import Session, StoreUnavailable, check_record, check_record_key
 
 T = TypeVar("T")
 
@@ -41,6 +48,37 @@ _REVOKE = (
     "if redis.call('HGET', KEYS[1], 'revoked') == '0' then "
     "redis.call('HSET', KEYS[1], 'revoked', '1') return 1 end return 0"
 )
+
+# KEYS[1] the record; ARGV: value, end ('' none), TTL seconds ('' none), now, only_new (1/0).
+# With only_new, a record is there when it has a value and no end or one after `now` (as in
+# _live: an end that is no number is a damaged record, no record).
+_PUT_RECORD = """
+if ARGV[5] == '1' and redis.call('HEXISTS', KEYS[1], 'v') == 1 then
+    local e = redis.call('HGET', KEYS[1], 'e')
+    if not e or e == '' then return 0 end
+    local ends = tonumber(e)
+    if ends ~= nil and ends > tonumber(ARGV[4]) then return 0 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'e', ARGV[2])
+if ARGV[3] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+_GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+_SCAN_COUNT = 1000
+
+
+def _live(fields: list[str | None], now: float) -> str | None:
+    """The value of a record's [v, e] when it is live at `now`."""
+    value, end = fields
+    if value is None:
+        return None
+    if not end:
+        return value
+    try:
+        return value if float(end) > now else None
+    except ValueError:
+        return None  # a damaged record is no record
 
 
 def _ttl(seconds: float) -> int:
@@ -227,6 +265,79 @@ class RedisStore:
         except ValueError:
             return None
         return until if until is not None and until > now else None
+
+    # -- records ------------------------------------------------------------------------
+
+    @staticmethod
+    def _rkey(key: str) -> str:
+        return f"{PREFIX}record:{key}"
+
+    async def put_record(
+        self, key: str, value: str, now: float, expires: float | None, *, only_new: bool = False
+    ) -> bool:
+        check_record(key, value, expires)
+        args = (
+            value,
+            "" if expires is None else repr(float(expires)),
+            "" if expires is None else str(_ttl(expires - now)),
+            repr(float(now)),
+            "1" if only_new else "0",
+        )
+        if self.sentinel is None or not only_new:
+            return bool(await self._do(self.redis.eval(_PUT_RECORD, 1, self._rkey(key), *args)))
+        try:
+            async with self.redis.client() as conn:  # WAIT counts this connection's writes
+                stored = bool(await conn.eval(_PUT_RECORD, 1, self._rkey(key), *args))
+                if stored:
+                    await conn.wait(1, _WAIT_MS)
+                return stored
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def get_record(self, key: str, now: float) -> str | None:
+        check_record_key(key)
+        return _live(await self._do(self.redis.hmget(self._rkey(key), "v", "e")), now)
+
+    async def delete_record(self, key: str) -> bool:
+        check_record_key(key)
+        # no `now` here: a record past its end that Redis has not dropped yet still counts
+        if self.sentinel is None:
+            return bool(await self._do(self.redis.delete(self._rkey(key))))
+        try:
+            async with self.redis.client() as conn:  # a deletion may be a revocation: WAIT
+                deleted = bool(await conn.delete(self._rkey(key)))
+                if deleted:
+                    await conn.wait(1, _WAIT_MS)
+                return deleted
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def list_records(self, prefix: str, now: float) -> dict[str, str]:
+        check_record_key(prefix, prefix=True)
+        start = len(self._rkey(""))
+        match = self._rkey(prefix).translate(_GLOB) + "*"
+        seen: set[str] = set()  # SCAN may name a key twice
+        try:
+            async for name in self.redis.scan_iter(match=match, count=_SCAN_COUNT):
+                if name.startswith(self._rkey(prefix)):
+                    seen.add(name)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        names = sorted(seen)
+        found: dict[str, str] = {}
+        for at in range(0, len(names), _SCAN_COUNT):
+            batch = names[at : at + _SCAN_COUNT]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in batch:
+                    pipe.hmget(name, "v", "e")
+                results = await self._do(pipe.execute())
+            for name, fields in zip(batch, results, strict=True):
+                value = _live(fields, now)
+                if value is not None:
+                    found[name[start:]] = value
+        return found
+
+    # -- health ---------------------------------------------------------------------------
 
     async def ping(self) -> None:
         await self._do(self.redis.ping())

@@ -2,6 +2,14 @@
 
 One connection per process in WAL mode; calls run in a worker thread so a busy
 database never stalls the event loop, and a busy timeout lets workers take turns.
+
+Tables: sessions (sid PRIMARY KEY, user, created, last_seen, expires, revoked) + an index
+on user; failures (key, at) + an index on both; lockouts (key PRIMARY KEY, until); records
+(key PRIMARY KEY, value, expires NULL = never ends) + an index on expires. A record past its
+end counts as absent at once; a write deletes such rows every few minutes (of the callers'
+clock), listing them at once. `put_record(..., only_new=True)` runs in a BEGIN IMMEDIATE
+transaction (one writer at a time across processes): it deletes the ended row of that key,
+then inserts unless a row is there.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.store.base import Session, StoreUnavailable
+from gateway.store.base import Session, StoreUnavailable, check_record, check_record_key
 
 T = TypeVar("T")
 
@@ -32,7 +40,10 @@ CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user);
 CREATE TABLE IF NOT EXISTS failures (key TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS failures_key ON failures (key, at);
 CREATE TABLE IF NOT EXISTS lockouts (key TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NULL);
+CREATE INDEX IF NOT EXISTS records_expires ON records (expires);
 """
+_SWEEP_EVERY = 300.0  # seconds of the callers' clock between deletions of ended records
 
 _COLUMNS = "sid, user, created, last_seen, expires, revoked"
 
@@ -74,6 +85,7 @@ class SqliteStore:
         self.path = path
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._swept_at: float | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -192,6 +204,74 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> float | None:
             row = db.execute("SELECT until FROM lockouts WHERE key = ?", (key,)).fetchone()
             return row[0] if row and row[0] > now else None
+
+        return await self._run(work)
+
+    async def put_record(
+        self, key: str, value: str, now: float, expires: float | None, *, only_new: bool = False
+    ) -> bool:
+        check_record(key, value, expires)
+
+        def work(db: sqlite3.Connection) -> bool:
+            sweep = self._swept_at is None or abs(now - self._swept_at) >= _SWEEP_EVERY
+            db.execute("BEGIN IMMEDIATE")  # the write lock, held by one process at a time
+            try:
+                if sweep:
+                    db.execute("DELETE FROM records WHERE expires <= ?", (now,))
+                if only_new:
+                    db.execute("DELETE FROM records WHERE key = ? AND expires <= ?", (key, now))
+                    cursor = db.execute(
+                        "INSERT INTO records (key, value, expires) VALUES (?, ?, ?) "
+                        "ON CONFLICT (key) DO NOTHING",
+                        (key, value, expires),
+                    )
+                else:
+                    cursor = db.execute(
+                        "INSERT INTO records (key, value, expires) VALUES (?, ?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET "
+                        "value = excluded.value, expires = excluded.expires",
+                        (key, value, expires),
+                    )
+                stored = cursor.rowcount > 0
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            if sweep:
+                self._swept_at = now
+            return stored
+
+        return await self._run(work)
+
+    async def get_record(self, key: str, now: float) -> str | None:
+        check_record_key(key)
+
+        def work(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT value FROM records WHERE key = ? AND (expires IS NULL OR expires > ?)",
+                (key, now),
+            ).fetchone()
+            return row[0] if row else None
+
+        return await self._run(work)
+
+    async def delete_record(self, key: str) -> bool:
+        check_record_key(key)
+        # no `now` here: a row past its end that no sweep has deleted yet still counts
+        cursor = await self._run(lambda db: db.execute("DELETE FROM records WHERE key = ?", (key,)))
+        return cursor.rowcount > 0
+
+    async def list_records(self, prefix: str, now: float) -> dict[str, str]:
+        check_record_key(prefix, prefix=True)
+
+        def work(db: sqlite3.Connection) -> dict[str, str]:
+            db.execute("DELETE FROM records WHERE expires <= ?", (now,))
+            # substr, not LIKE or GLOB: no character of the prefix is a wildcard
+            rows = db.execute(
+                "SELECT key, value FROM records WHERE substr(key, 1, ?) = ? ORDER BY key",
+                (len(prefix), prefix),
+            ).fetchall()
+            return dict(rows)
 
         return await self._run(work)
 
