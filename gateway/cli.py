@@ -294,6 +294,74 @@ def _state(session) -> str:
     return "revoked" if session.revoked else "active"
 
 
+# -- service tokens ---------------------------------------------------------------------
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from gateway import audit
+    from gateway.auth.servicetokens import ServiceTokenError, ServiceTokens, check_roles
+    from gateway.config.values import positive_duration
+    from gateway.store import open_store
+    from gateway.store.base import StoreUnavailable
+
+    config = _load(args, require_upstream=False)
+    audit.configure(config.audit.file)
+    lifetime: float | None = None
+    roles: tuple[str, ...] = ()
+    if args.tokens_command == "create":
+        if args.expires not in (None, "never"):
+            try:
+                lifetime = positive_duration(args.expires)
+            except ValueError as exc:
+                raise Failure(f"--expires {args.expires!r}: {exc}") from None
+        try:
+            roles = check_roles([r.strip() for r in (args.roles or "").split(",") if r.strip()])
+        except ServiceTokenError as exc:
+            raise Failure(str(exc)) from None
+
+    async def work() -> int:
+        store = open_store(config.store.url, config.base_dir)
+        tokens = ServiceTokens(store, time.time)
+        try:
+            if args.tokens_command == "create":
+                token, record = await tokens.create(args.name, roles, lifetime)
+                until = "never (until revoked)" if record.expires is None else _when(record.expires)
+                print(
+                    f"service {record.name}: id {record.identity_id!r}, roles "
+                    f"{','.join(record.roles) or '-'}, expires {until}",
+                    file=sys.stderr,
+                )
+                print("the token (shown this once; only its hash is stored):", file=sys.stderr)
+                print(token)
+            elif args.tokens_command == "list":
+                rows = [["NAME", "ID", "ROLES", "CREATED", "EXPIRES", "LAST USED"]]
+                for t in await tokens.list():
+                    rows.append(
+                        [
+                            t.name,
+                            t.identity_id,
+                            ",".join(t.roles) or "-",
+                            _when(t.created),
+                            "never" if t.expires is None else _when(t.expires),
+                            "never" if t.last_used is None else _when(t.last_used),
+                        ]
+                    )
+                print(table(rows))
+            else:
+                if not await tokens.revoke(args.name):
+                    raise Failure(f"service {args.name!r} has no token")
+                print(f"revoked the token of service {args.name}")
+        except ServiceTokenError as exc:
+            raise Failure(str(exc)) from None
+        except StoreUnavailable as exc:
+            raise Failure(f"store unavailable: {exc}") from None
+        finally:
+            await store.close()
+        return 0
+
+    return asyncio.run(work())
+
+
 # -- parser -----------------------------------------------------------------------------
 
 
@@ -367,6 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = sessions_sub.add_parser("revoke", parents=[common])
     revoke.add_argument("target", metavar="USER|SID")
     sessions.set_defaults(func=cmd_sessions)
+
+    tokens = sub.add_parser("tokens", help="API tokens of service accounts")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = tokens_sub.add_parser("create", parents=[common], help="print a new token once")
+    create.add_argument("name")
+    create.add_argument("--roles", help="comma-separated roles")
+    create.add_argument("--expires", help='lifetime, e.g. "90d" (default: until revoked)')
+    tokens_sub.add_parser("list", parents=[common], help="every token's roles and last use")
+    trevoke = tokens_sub.add_parser("revoke", parents=[common], help="end it on every replica")
+    trevoke.add_argument("name")
+    tokens.set_defaults(func=cmd_tokens)
     return parser
 
 

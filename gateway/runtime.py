@@ -1,5 +1,5 @@
 """The long-lived parts of one running gateway (keys, tokens, store, sessions, users, limits,
-next-hop headers), built once per config and shared by every step."""
+service tokens, next-hop headers), built once per config and shared by every step."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from dataclasses import dataclass
 
 from gateway import audit
 from gateway.auth.cookies import CookieJar
+from gateway.auth.identities import Identities
 from gateway.auth.keys import ensure_key
 from gateway.auth.limits import LoginLimiter
+from gateway.auth.oidc_users import OidcUsers
+from gateway.auth.roles import SessionRoles
+from gateway.auth.servicetokens import ServiceTokens
 from gateway.auth.sessions import Sessions
 from gateway.auth.signin import PasswordSignIn
 from gateway.auth.tokens import Keyring, Tokens
@@ -38,6 +42,13 @@ class Runtime:
     limiter: LoginLimiter
     nexthop: NextHop
     signin: PasswordSignIn
+    services: ServiceTokens
+    # a big identity's roles, kept in the store when the cookie cannot hold them
+    roles: SessionRoles
+    # the OpenID Connect providers ([[auth.oidc]]) and their sessions' grants
+    oidc: OidcUsers
+    # any signed-in user's standing, asked of the source that signed them in
+    identities: Identities
     # OpenTelemetry, one per process; None while [telemetry] is off
     tracing: Tracing | None = None
 
@@ -59,6 +70,7 @@ def build_runtime(
     if tracing is not None:
         users = tracing.traced(users, "users")
     limiter = LoginLimiter(store, config.login_limits, clock)
+    oidc = OidcUsers(config, store, clock)
     return Runtime(
         config=config,
         clock=clock,
@@ -70,6 +82,10 @@ def build_runtime(
         cookies=CookieJar(config),
         limiter=limiter,
         nexthop=NextHop(config, tokens),
-        signin=PasswordSignIn(users, config.auth.users, limiter),
+        signin=PasswordSignIn(users, config.auth.users, limiter, oidc.reserved_prefixes()),
+        services=ServiceTokens(store, clock),
+        roles=SessionRoles(store, clock),
+        oidc=oidc,
+        identities=Identities(users, oidc),
         tracing=tracing,
     )

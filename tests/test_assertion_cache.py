@@ -21,7 +21,6 @@ import httpx
 import jwt
 import pytest
 
-from gateway.auth import assertions
 from gateway.auth.assertions import AssertionCache
 from gateway.auth.keys import ACTIVATE_AFTER, created_at, load_keys
 from gateway.auth.tokens import ASSERTION_TTL, Keyring, Tokens
@@ -220,8 +219,10 @@ def start(
     binds: bool,
     revocation: str = "lazy",
 ) -> tuple[InProcessGateway, FakeClock, Path]:
-    monkeypatch.setattr(assertions, "BINDS_REQUEST", binds)
     extra = f"""
+        [identity]
+        assertion_binds_request = {"true" if binds else "false"}
+
         [auth]
         refresh = "{REFRESH}s"
 

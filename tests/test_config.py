@@ -98,11 +98,23 @@ CHANGED_NONE = {
 
 
 # a default that is a rule rather than a value
-RULES = {(ServerConfig, "public_url"): "unset, it is local_url(port), following server.listen"}
+RULES = {
+    (ServerConfig, "public_url"): "unset, it is local_url(port), following server.listen",
+    # a list of [[auth.oidc]] tables: none unless given (tests/test_oidc.py reads each key)
+    (AuthConfig, "oidc"): "no providers unless configured",
+}
+PROVIDER = {
+    "name": "corp",
+    "issuer": "https://idp.corp.test",
+    "client_id": "gateway",
+    "client_secret": "s3cret-of-the-client",
+    "id_prefix": "corp:",
+}
 # a changed default that another rule allows only with more config
 NEEDS = {
     (KeysConfig, "secret"): (secrets.token_urlsafe(48), {"keys": {"algorithm": "HS256"}}),
     (SessionConfig, "domain"): ("corp.test", {"server": {"public_url": "https://login.corp.test"}}),
+    (Route, "pass_access_token"): (True, {"auth": {"oidc": [PROVIDER]}}),
 }
 
 

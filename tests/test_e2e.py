@@ -328,7 +328,7 @@ def test_assertion_header_is_a_jwt_for_the_route(gateway: Gateway, upstream: Rec
     claims = jwt.decode(
         token, key, algorithms=["EdDSA"], audience="app", issuer=f"http://localhost:{gateway.port}"
     )
-    assert claims["sub"] == "alice" and claims["method"] == "GET" and claims["path"] == "/app/x"
+    assert claims["sub"] == "alice" and "method" not in claims and "path" not in claims
     assert claims["exp"] - claims["iat"] == 60
 
 

@@ -25,7 +25,7 @@ import jwt
 import pytest
 
 from gateway.config import AuthConfig, IdentityConfig, SessionConfig
-from gateway.core.nexthop import canonical
+from gateway.core.nexthop import canonical, truncated_header
 from tests.conftest import ROOT, USERS, Gateway, free_port, make_gateway, wait_port
 from tests.rawhttp import get as raw_get
 from tests.services import need
@@ -42,7 +42,7 @@ PROXIES = ["nginx", "caddy", "traefik"]
 
 BROWSER = {"accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 API = {"accept": "application/json"}
-IDENTITY = {b"x-user-id", b"x-user-roles", b"x-gateway-assertion"}
+IDENTITY = {b"x-user-id", b"x-user-roles", b"x-user-roles-truncated", b"x-gateway-assertion"}
 # a client trying to name itself, in every spelling a WSGI, CGI or PHP app folds together
 FORGED_IDENTITY = [
     ("X-User-Id", "mallory"),
@@ -612,6 +612,7 @@ def test_the_traefik_example_asks_the_gateway_and_copies_its_identity_headers():
     assert auth["authResponseHeaders"] == [
         identity.user_header,
         identity.roles_header,
+        truncated_header(identity.roles_header),
         identity.assertion_header,
     ]
     assert {"Cookie", "Authorization", "Accept", "Origin"} <= set(auth["authRequestHeaders"])

@@ -9,6 +9,7 @@ through `Loopback`; Chromium through `--host-resolver-rules`).
 from __future__ import annotations
 
 import html
+import json
 import re
 import subprocess
 import sys
@@ -88,6 +89,9 @@ def corp_gateway(directory: Path, app: str, site: str, public_url: str = "") -> 
         domain = "corp.test"
         secure = {secure}
         revocation = "strict"
+
+        [audit]
+        file = "audit.log"
         """
     config = write_config(directory, port, corp_routes(app, site), extra)
     add_users(directory / "users.toml")
@@ -436,6 +440,16 @@ def test_a_replayed_code_is_refused(corp: Gateway) -> None:
         replay = steps.redeem()
         assert replay.status_code == 403 and replay.json()["error"] == "handoff_used"
         assert not set_cookies(replay)
+        sid = me(corp, client, PORTAL).json()["sid"]
+    # the trade and the refused replay are audit events; the code itself is in neither
+    log = (corp.directory / "audit.log").read_text()
+    assert steps.code not in log
+    seen = [json.loads(line) for line in log.splitlines()]
+    traded = [e for e in seen if e["event"] == "session.handoff" and e.get("session") == sid]
+    assert len(traded) == 1 and traded[0]["host"] == OTHER and traded[0]["user"] == "alice"
+    refused = [e for e in seen if e["event"] == "handoff.refused"]
+    assert refused and refused[-1]["reason"] == "handoff_used"
+    assert refused[-1]["host"] == OTHER
 
 
 def test_an_expired_code_is_refused(corp: Gateway) -> None:

@@ -23,14 +23,17 @@ from jsonschema import Draft202012Validator
 
 from gateway.cli import main
 from gateway.config import Config, ConfigError, build_config, load_config
+from gateway.config.model import IdentityConfig, OidcConfig, Route
 from gateway.config.schema import (
     DIALECT,
     REFINEMENTS,
     Key,
     Part,
+    Table,
     build_schema,
     dotted,
     layout,
+    pairs_of,
     schema_json,
     toml_value,
 )
@@ -46,6 +49,16 @@ path = "/"
 upstream = "http://127.0.0.1:9001"
 """
 SECRET = "Zq3v8P0nQm7Ls2Xw9Rk4Ty6Ub1Hc5Ja0Ge8Df3Ni7"  # random-looking, 42 bytes
+PROVIDER_TOML = """
+[[auth.oidc]]
+name = "corp"
+issuer = "https://idp.corp.test"
+client_id = "gateway"
+client_secret = "not-a-real-secret"
+"""
+# a lone provider: with users = "none" it is the only source, so it needs no id_prefix
+OIDC_TOML = '\n[auth]\nusers = "none"\n' + PROVIDER_TOML
+OTHER_PROVIDER_TOML = PROVIDER_TOML.replace('"corp"', '"other"')
 
 
 def schema_errors(doc: dict[str, Any]) -> list[str]:
@@ -133,6 +146,21 @@ def test_the_schema_describes_what_the_user_writes():
     assert "asked of the source" in auth["properties"]["refresh"]["description"]  # a comment
 
 
+def test_the_schema_describes_oidc_providers():
+    oidc = SCHEMA["properties"]["auth"]["properties"]["oidc"]
+    assert oidc["type"] == "array" and "minItems" not in oidc  # none is fine
+    provider = oidc["items"]
+    assert provider["required"] == ["name", "issuer", "client_id", "client_secret"]
+    assert provider["additionalProperties"] is False
+    role_map = provider["properties"]["role_map"]  # pairs in the model, a table in the file
+    assert role_map["type"] == "object" and role_map["default"] == {}
+    assert role_map["additionalProperties"]["type"] == "string"
+    scopes = provider["properties"]["scopes"]
+    assert {"enum": ["openid"]} in scopes["contains"]["anyOf"]  # on the array, not its items
+    assert "contains" not in scopes["items"]
+    assert "none" in SCHEMA["properties"]["auth"]["properties"]["users"]["anyOf"][0]["enum"]
+
+
 # -- hand-written configs -----------------------------------------------------------------
 
 # (id, TOML) that both refuse
@@ -180,6 +208,18 @@ BAD: list[tuple[str, str]] = [
     ("empty-path-value", "[keys]\ndir = ''\n" + ROUTE_TOML),
     ("empty-sql-dsn", "[auth.sql]\ndsn = ''\n" + ROUTE_TOML),
     ("host-underscore", ROUTE_TOML + "host = 'crm_x.example.com'\n"),
+    ("bad-role-name", "[auth]\nhtpasswd_roles = ['a role']\n" + ROUTE_TOML),
+    ("oidc-as-table", "[auth.oidc]\nname = 'corp'\n" + ROUTE_TOML),
+    ("oidc-missing-issuer", OIDC_TOML.replace('issuer = "https://idp.corp.test"', "") + ROUTE_TOML),
+    ("oidc-unknown-key", OIDC_TOML + "client = 'x'\n" + ROUTE_TOML),
+    ("oidc-issuer-http", OIDC_TOML.replace("https://", "http://") + ROUTE_TOML),
+    ("oidc-empty-name", OIDC_TOML.replace('name = "corp"', 'name = ""') + ROUTE_TOML),
+    ("oidc-issuer-empty-userinfo", OIDC_TOML.replace("https://", "https://@") + ROUTE_TOML),
+    ("oidc-role-map-as-list", OIDC_TOML + "role_map = [['admins', 'admin']]\n" + ROUTE_TOML),
+    ("oidc-scopes-without-openid", OIDC_TOML + "scopes = ['email']\n" + ROUTE_TOML),
+    ("oidc-service-prefix", OIDC_TOML + "id_prefix = 'service:'\n" + ROUTE_TOML),
+    ("bad-enum-client-auth", OIDC_TOML + "token_endpoint_auth_method = 'jwt'\n" + ROUTE_TOML),
+    ("access-token-header-empty", ROUTE_TOML + "access_token_header = ''\n"),
 ]
 
 
@@ -367,6 +407,39 @@ timeout = "5s"
         + ROUTE_TOML,
         {"GW_SCHEMA_TEST_LDAP": "not-a-real-password"},
     ),
+    (
+        "two-oidc-providers",
+        """
+[auth]
+users = "file"
+[[auth.oidc]]
+name = "corp"
+title = "Corp SSO"
+issuer = "https://idp.corp.test/realms/staff"
+client_id = "gateway"
+client_secret = "${GW_SCHEMA_TEST_OIDC}"
+scopes = ["openid", "email", "groups"]
+token_endpoint_auth_method = "client_secret_post"
+user_claim = "preferred_username"
+roles_claim = "realm_access.roles"
+role_map = { "Gateway Admins" = "admin", staff = "staff" }
+allowed_domains = ["corp.test", "@Example.COM"]
+allowed_roles = ["admin", "staff"]
+id_prefix = "corp:"
+end_session = true
+timeout = "5s"
+[[auth.oidc]]
+name = "dex-local"
+issuer = "http://127.0.0.1:5556/dex"
+client_id = "gw"
+client_secret = "also-not-real"
+id_prefix = "dex:"
+"""
+        + ROUTE_TOML
+        + 'pass_access_token = true\naccess_token_header = "X-Access-Token"\n',
+        {"GW_SCHEMA_TEST_OIDC": "not-a-real-secret"},
+    ),
+    ("lone-oidc-provider", OIDC_TOML + ROUTE_TOML + "pass_access_token = true\n", {}),
 ]
 
 
@@ -404,7 +477,36 @@ CHECK_ONLY: list[tuple[str, str, str]] = [
     ("ldap-url-scheme", "[auth.ldap]\nurl = 'http://x'\n" + ROUTE_TOML, "no pattern yet"),
     ("not-a-cidr", "[server]\ntrusted_proxies = ['intranet']\n" + ROUTE_TOML, "no pattern"),
     ("url-credentials", "[server]\npublic_url = 'https://u:p@gw.example.com'\n" + ROUTE_TOML, ""),
-    ("bad-role-name", "[auth]\nhtpasswd_roles = ['a role']\n" + ROUTE_TOML, "no pattern"),
+    # identities from two sources must never be taken for each other (validate._oidc_providers)
+    (
+        "oidc-beside-passwords-without-prefix",
+        OIDC_TOML.replace('users = "none"', 'users = "file"') + ROUTE_TOML,
+        "id_prefix vs users: the password source counts as a source",
+    ),
+    (
+        "two-oidc-without-prefix",
+        OIDC_TOML + OTHER_PROVIDER_TOML + ROUTE_TOML,
+        "id_prefix across providers",
+    ),
+    (
+        "two-oidc-same-prefix",
+        OIDC_TOML
+        + "id_prefix = 'corp:'\n"
+        + OTHER_PROVIDER_TOML
+        + "id_prefix = 'corp:'\n"
+        + ROUTE_TOML,
+        "id_prefix across providers: none the start of another",
+    ),
+    (
+        "two-oidc-same-name",
+        OIDC_TOML + "id_prefix = 'a:'\n" + PROVIDER_TOML + "id_prefix = 'b:'\n" + ROUTE_TOML,
+        "across providers",
+    ),
+    (
+        "pass-access-token-without-provider",
+        ROUTE_TOML + "pass_access_token = true\n",
+        "pass_access_token vs [[auth.oidc]]",
+    ),
 ]
 
 
@@ -511,7 +613,9 @@ def test_every_model_field_is_a_key_or_derived():
     assert not described & LAYOUT.derived
     route = next(t for t in LAYOUT.tables() if t.model.__name__ == "Route")
     flattened = {e.name for e in route.entries if isinstance(e, Key) and e.via == "identity"}
-    assert flattened == {"user_header", "roles_header", "assertion_header"}
+    # every [identity] key may sit on a route (assertion_binds_request too, added since)
+    assert flattened == {spec.name for spec in dataclasses.fields(IdentityConfig)}
+    assert {"user_header", "roles_header", "assertion_header", "roles_header_limit"} <= flattened
 
 
 def _set(doc: dict[str, Any], parts: tuple[Part, ...], value: Any) -> dict[str, Any]:
@@ -529,6 +633,44 @@ def _set(doc: dict[str, Any], parts: tuple[Part, ...], value: Any) -> dict[str, 
 
 
 BASE: dict[str, Any] = {"routes": [dict(ROUTE)]}
+# A valid document for each table whose entries have required keys (an array's entries): its
+# keys are set into that, so the rest of the entry and what its neighbours must say are right.
+# A lone provider beside users = "none" needs no id_prefix (the rule between sources).
+BASES: dict[type, dict[str, Any]] = {
+    Route: BASE,
+    OidcConfig: tomllib.loads(OIDC_TOML + ROUTE_TOML),
+}
+
+
+def _base(parts: tuple[Part, ...]) -> dict[str, Any]:
+    """The document a key at `parts` is set into: the base of the deepest table holding it."""
+    for table in reversed(list(LAYOUT.tables())):  # depth first: the inner ones last
+        if parts[: len(table.parts)] == table.parts and table.model in BASES:
+            return BASES[table.model]
+    return BASE
+
+
+def _node(doc: Any, parts: tuple[Part, ...]) -> Any:
+    for part in parts:
+        doc = doc[part]
+    return doc
+
+
+def _required_keys(table: Table) -> set[str]:
+    return {e.name for e in table.entries if isinstance(e, Key) and e.required}
+
+
+def test_every_table_with_required_keys_has_a_base(tmp_path: Path):
+    with_required = [t for t in LAYOUT.tables() if _required_keys(t)]
+    assert {t.model for t in with_required} == set(BASES), "add the table's base to BASES"
+    for table in with_required:
+        doc = BASES[table.model]
+        assert _required_keys(table) <= set(_node(doc, table.parts)), table.path
+        assert not _check(doc, tmp_path), table.path
+        assert not schema_errors(doc), table.path
+    assert {"name", "issuer", "client_id", "client_secret"} == _required_keys(
+        next(t for t in with_required if t.model is OidcConfig)
+    )
 
 
 def _check(doc: dict[str, Any], tmp_path: Path) -> list[str]:
@@ -550,7 +692,8 @@ def test_derived_fields_are_refused_by_both(tmp_path: Path):
         if not owners:
             continue  # a flattened table's own fields: described where they sit
         hint = typing.get_type_hints(owners[0].model)[name]
-        doc = _set(BASE, (*owners[0].parts, name), {} if dataclasses.is_dataclass(hint) else "x")
+        parts = (*owners[0].parts, name)
+        doc = _set(_base(parts), parts, {} if dataclasses.is_dataclass(hint) else "x")
         where = dotted((*owners[0].parts, name))
         assert f"{where}: unknown key" in _check(doc, tmp_path), ref
         assert schema_errors(doc), ref
@@ -558,8 +701,8 @@ def test_derived_fields_are_refused_by_both(tmp_path: Path):
 
 @pytest.mark.parametrize("key", KEYS, ids=lambda k: k.path)
 def test_every_key_is_one_check_reads(key: Key, tmp_path: Path):
-    sample = toml_value(_model_default(key))
-    doc = _set(BASE, key.parts, "x" if sample is None else sample)
+    sample = toml_value(_model_default(key), key.hint)
+    doc = _set(_base(key.parts), key.parts, "x" if sample is None else sample)
     assert f"{key.path}: unknown key" not in _check(doc, tmp_path)
 
 
@@ -596,6 +739,8 @@ def _wrong(hint: Any) -> list[Any]:
         return not_strings
     if origin is Literal:
         return ["no-such-choice", 1, True]
+    if pairs_of(hint) is not None:  # pairs in the model: a table in the file
+        return ["x", [["a", "b"]], {"a": 5}, {"a": ["b"]}]
     if origin in (tuple, frozenset):
         return ["x", [5], [""], {"a": "b"}]
     raise AssertionError(f"no wrong values for {hint!r}: add them here")
@@ -610,7 +755,7 @@ WRONG = [
 
 @pytest.mark.parametrize(("key", "value"), WRONG)
 def test_each_key_written_wrong_is_refused_by_both(key: Key, value: Any, tmp_path: Path):
-    doc = _set(BASE, key.parts, value)
+    doc = _set(_base(key.parts), key.parts, value)
     refused = [e for e in _check(doc, tmp_path) if e.startswith(key.path)]
     assert refused, "gateway check accepted it"
     assert schema_errors(doc), f"the schema accepted what check refuses: {refused}"
@@ -620,18 +765,18 @@ def test_each_key_written_wrong_is_refused_by_both(key: Key, value: Any, tmp_pat
 def test_each_default_is_judged_alike(key: Key, tmp_path: Path):
     """The model's default, written out, and the schema's `default`: both say the same."""
     samples = []
-    raw = toml_value(_model_default(key))
+    raw = toml_value(_model_default(key), key.hint)
     if raw is not None and not (isinstance(raw, float) and math.isnan(raw)):
         samples.append(raw)
     table = _schema_at(key)
     if "default" in table:
         samples.append(table["default"])
     for sample in samples:
-        doc = _set(BASE, key.parts, sample)
+        doc = _set(_base(key.parts), key.parts, sample)
         checked = [e for e in _check(doc, tmp_path) if e.startswith(key.path)]
         assert bool(checked) == bool(schema_errors(doc)), (sample, checked, schema_errors(doc))
     if "default" in table:
-        assert not _check(_set(BASE, key.parts, table["default"]), tmp_path)
+        assert not _check(_set(_base(key.parts), key.parts, table["default"]), tmp_path)
 
 
 def _schema_at(key: Key) -> dict[str, Any]:
@@ -672,6 +817,9 @@ EDGES: list[tuple[tuple[Part, ...], Any, bool]] = [
     (("identity", "user_header"), "", False),
     (("identity", "roles_header"), "", True),
     (("identity", "assertion_header"), "X:A", False),
+    (("identity", "roles_header_limit"), 256, True),
+    (("identity", "roles_header_limit"), 255, False),
+    (("routes", 0, "roles_header_limit"), 255, False),
     (("routes", 0, "name"), "A", True),
     (("routes", 0, "name"), ".a", False),
     (("routes", 0, "path"), "/", True),
@@ -707,6 +855,77 @@ EDGES: list[tuple[tuple[Part, ...], Any, bool]] = [
     (("session", "secure"), True, True),
     (("auth", "sql", "dsn"), " ", False),
     (("keys", "dir"), " x ", True),
+    (("auth", "htpasswd_roles"), ["ops", "a.b_c:d-1"], True),
+    (("auth", "htpasswd_roles"), ["-ops"], False),
+    (("auth", "oidc", 0, "name"), "corp-sso2", True),
+    (("auth", "oidc", 0, "name"), "a" * 32, True),
+    (("auth", "oidc", 0, "name"), "a" * 33, False),
+    (("auth", "oidc", 0, "name"), "Corp", False),
+    (("auth", "oidc", 0, "name"), "a--b", False),
+    (("auth", "oidc", 0, "name"), "-a", False),
+    (("auth", "oidc", 0, "name"), "a_b", False),
+    (("auth", "oidc", 0, "issuer"), "https://idp.corp.test/realms/staff/", True),
+    (("auth", "oidc", 0, "issuer"), "HTTPS://idp.corp.test:8443", True),
+    (("auth", "oidc", 0, "issuer"), " https://idp.corp.test ", True),
+    (("auth", "oidc", 0, "issuer"), "http://idp.corp.test", False),
+    (("auth", "oidc", 0, "issuer"), "http://127.0.0.1:5556/dex", True),
+    (("auth", "oidc", 0, "issuer"), "http://LocalHost:8080", True),
+    (("auth", "oidc", 0, "issuer"), "http://[::1]:8080/", True),
+    (("auth", "oidc", 0, "issuer"), "http://localhost.evil.test", False),
+    (("auth", "oidc", 0, "issuer"), "http://127.0.0.1.nip.io", False),
+    (("auth", "oidc", 0, "issuer"), "https://idp.corp.test/?tenant=a", False),
+    (("auth", "oidc", 0, "issuer"), "https://idp.corp.test#x", False),
+    (("auth", "oidc", 0, "issuer"), "https://user@idp.corp.test", False),
+    (("auth", "oidc", 0, "issuer"), "ftp://idp.corp.test", False),
+    (("auth", "oidc", 0, "issuer"), "idp.corp.test", False),
+    (("auth", "oidc", 0, "issuer"), "https://", False),
+    (("auth", "oidc", 0, "client_id"), " ", False),
+    (("auth", "oidc", 0, "client_secret"), "", False),
+    (("auth", "oidc", 0, "scopes"), ["openid"], True),
+    (("auth", "oidc", 0, "scopes"), ["email", "openid"], True),
+    (("auth", "oidc", 0, "scopes"), ["profile", "email"], False),
+    (("auth", "oidc", 0, "scopes"), ["OpenID"], False),
+    (("auth", "oidc", 0, "scopes"), [], False),
+    (("auth", "oidc", 0, "user_claim"), "preferred_username", True),
+    (("auth", "oidc", 0, "user_claim"), "https://corp.test/claims/uid", True),
+    (("auth", "oidc", 0, "user_claim"), "", False),
+    (("auth", "oidc", 0, "user_claim"), "a b", False),
+    (("auth", "oidc", 0, "user_claim"), "a" * 129, False),
+    (("auth", "oidc", 0, "roles_claim"), "realm_access.roles", True),
+    (("auth", "oidc", 0, "roles_claim"), "groups[0]", False),
+    (("auth", "oidc", 0, "role_map"), {}, True),
+    (("auth", "oidc", 0, "role_map"), {"Gateway Admins/EU": "admin", "x": "a:b"}, True),
+    (("auth", "oidc", 0, "role_map"), {"admins": "an admin"}, False),
+    (("auth", "oidc", 0, "role_map"), {"admins": ""}, False),
+    (("auth", "oidc", 0, "role_map"), {"admins": "a" * 65}, False),
+    (
+        ("auth", "oidc", 0, "allowed_domains"),
+        ["corp.test", " @Example.COM ", "xn--bcher-kva.de"],
+        True,
+    ),
+    (("auth", "oidc", 0, "allowed_domains"), ["localhost"], True),
+    (("auth", "oidc", 0, "allowed_domains"), ["corp_test"], False),
+    (("auth", "oidc", 0, "allowed_domains"), ["-corp.test"], False),
+    (("auth", "oidc", 0, "allowed_domains"), ["corp-.test"], False),
+    (("auth", "oidc", 0, "allowed_domains"), ["corp..test"], False),
+    (("auth", "oidc", 0, "allowed_domains"), ["corp.test."], False),
+    (("auth", "oidc", 0, "allowed_domains"), ["https://corp.test"], False),
+    (("auth", "oidc", 0, "allowed_roles"), ["staff", "ops:eu"], True),
+    (("auth", "oidc", 0, "allowed_roles"), ["a role"], False),
+    (("auth", "oidc", 0, "id_prefix"), "", True),
+    (("auth", "oidc", 0, "id_prefix"), "corp:", True),
+    (("auth", "oidc", 0, "id_prefix"), "a.b_c-1:", True),
+    (("auth", "oidc", 0, "id_prefix"), "a" * 32 + ":", True),
+    (("auth", "oidc", 0, "id_prefix"), "a" * 33 + ":", False),
+    (("auth", "oidc", 0, "id_prefix"), "service:", False),
+    (("auth", "oidc", 0, "id_prefix"), "services:", True),
+    (("auth", "oidc", 0, "id_prefix"), "corp", False),
+    (("auth", "oidc", 0, "id_prefix"), "Corp:", False),
+    (("auth", "oidc", 0, "id_prefix"), "-corp:", False),
+    (("auth", "oidc", 0, "id_prefix"), "corp:eu:", False),
+    (("routes", 0, "access_token_header"), "X-Access-Token", True),
+    (("routes", 0, "access_token_header"), "", False),
+    (("routes", 0, "access_token_header"), "X Token", False),
 ]
 
 
@@ -715,7 +934,7 @@ EDGES: list[tuple[tuple[Part, ...], Any, bool]] = [
     [pytest.param(p, v, a, id=f"{dotted(p)}={v!r}") for p, v, a in EDGES],
 )
 def test_pattern_edges_are_judged_alike(parts, value, accepted: bool, tmp_path: Path):
-    doc = _set(BASE, parts, value)
+    doc = _set(_base(parts), parts, value)
     checked = [e for e in _check(doc, tmp_path) if e.startswith(dotted(parts))]
     assert (not checked) == accepted, checked
     assert (not schema_errors(doc)) == accepted, schema_errors(doc)

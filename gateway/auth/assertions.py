@@ -32,12 +32,11 @@ from collections import OrderedDict
 
 from gateway.auth.tokens import ASSERTION_TTL, Tokens
 
-# True: method and path are in the claims (and so in the key), the claims of before issue 17;
-# reuse then needs the same method and path again within 30 s, so a route of many distinct
-# paths signs nearly every request, as before. False: one assertion per session and route.
-# The default for every route; NextHop takes a route's `assertion_binds_request` instead once
-# the config model has that key (README "Verifying the assertion in an upstream").
-BINDS_REQUEST = True
+# Whether an assertion names its request's method and path is the route's
+# `assertion_binds_request` ([identity], default false: one per session and route). Bound, the
+# method and path are in the claims and so in the key: reuse then needs the same method and
+# path again within 30 s, and a route of many distinct paths signs nearly every request
+# (README "Verifying the assertion in an upstream" says what that costs).
 MAX_ENTRIES = 4096
 MAX_BYTES = 4 * 1024 * 1024
 # an entry's bookkeeping beyond its text (tuples, str headers, the OrderedDict link), about

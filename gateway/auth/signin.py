@@ -7,11 +7,14 @@ Methods know nothing of HTTP: the endpoints read the request and map the refusal
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from gateway.auth.limits import LoginLimiter
-from gateway.sources.base import UserBackend, WrongPassword, canonical_username
+from gateway.sources.base import SERVICE_PREFIX, UserBackend, WrongPassword, canonical_username
 from gateway.store.base import StoreUnavailable
+
+log = logging.getLogger("gateway.signin")
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,18 @@ class PasswordSignIn:
 
     amr = ("pwd",)
 
-    def __init__(self, source: UserBackend, source_name: str, limiter: LoginLimiter) -> None:
+    def __init__(
+        self,
+        source: UserBackend,
+        source_name: str,
+        limiter: LoginLimiter,
+        provider_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.source = source
         self.source_name = source_name
         self.limiter = limiter
+        # ids a password-source user may not have: a service's, a provider's (the id rule)
+        self.reserved = (SERVICE_PREFIX, *provider_prefixes)
 
     async def sign_in(self, username: str, password: str, address: str) -> SignedIn:
         """The identity for these credentials from `address`, or a SignInRefused subclass."""
@@ -90,5 +101,10 @@ class PasswordSignIn:
             if wait is not None:
                 # locked by failures under another spelling: even the right password waits
                 raise LockedOut(name, wait)
+        if user.id.startswith(self.reserved):
+            # a service account's or a provider's id from a directory or a database: never
+            # taken for theirs (README "Identities from several sources")
+            log.warning("sign-in refused: source id %r has a reserved prefix", user.id[:80])
+            raise InvalidCredentials(name)
         await self.limiter.succeeded(name, account)
         return SignedIn(user.id, tuple(user.roles), self.source_name, self.amr, user.name)

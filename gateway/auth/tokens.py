@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import threading
 import time
@@ -21,6 +22,8 @@ LEEWAY = 30.0
 SESSION_CLAIMS = ("iss", "aud", "sub", "roles", "sid", "jti", "iat", "nbf", "exp")
 ASSERTION_TTL = 60
 MAX_TOKEN_BYTES = 4096
+# the optional `rref` claim: 1-64 base64url characters (gateway.auth.roles writes 22)
+_ROLES_REF = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # header parameters that name key material or change how the token is read: we honour none
 _FORBIDDEN_HEADERS = frozenset({"jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
 _RELOAD_EVERY = 5.0
@@ -59,6 +62,9 @@ class Claims:
     amr: tuple[str, ...] = ()
     # the name the users source finds `sub` by at refresh, when that is not `sub` itself
     username: str = ""
+    # roles too many for the cookie are in the store under this reference (gateway.auth.roles);
+    # `roles` is then () until authn puts the stored set in
+    roles_ref: str = ""
 
 
 class Keyring:
@@ -152,8 +158,15 @@ class Tokens:
         sid: str,
         amr: tuple[str, ...] = ("pwd",),
         username: str = "",
+        roles_ref: str = "",
     ) -> tuple[str, Claims]:
-        """A signed session token for this user and session, saying how they signed in."""
+        """A signed session token for this user and session, saying how they signed in.
+
+        With `roles_ref` (SessionRoles.pack) the roles are in the store: the token says `rref`
+        and carries no roles of its own.
+        """
+        if roles_ref:
+            roles = ()
         now = int(self.clock())
         exp = now + int(self.access_ttl)
         jti = secrets.token_urlsafe(16)
@@ -172,9 +185,13 @@ class Tokens:
         username = "" if username == sub else username
         if username:
             payload["username"] = username
+        if roles_ref:
+            payload["rref"] = roles_ref
         key = self.keyring.signing_key()
         token = jwt.encode(payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid})
-        claims = Claims(sub, tuple(roles), sid, jti, now, exp, key.kid, tuple(amr), username)
+        claims = Claims(
+            sub, tuple(roles), sid, jti, now, exp, key.kid, tuple(amr), username, roles_ref
+        )
         return token, claims
 
     def mint_assertion(
@@ -325,6 +342,12 @@ def _session_claims(payload: dict[str, Any], kid: str) -> Claims:
     username = payload.get("username", "")
     if not isinstance(username, str):
         raise TokenError("claim type")
+    roles_ref = payload.get("rref", "")
+    # a reference names one store record: short base64url text, never beside inline roles
+    if "rref" in payload and (
+        not isinstance(roles_ref, str) or not _ROLES_REF.fullmatch(roles_ref) or roles
+    ):
+        raise TokenError("claim type")
     return Claims(
         sub=_string(payload["sub"]),
         roles=roles,
@@ -335,6 +358,7 @@ def _session_claims(payload: dict[str, Any], kid: str) -> Claims:
         kid=kid,
         amr=amr,
         username=username,
+        roles_ref=roles_ref,
     )
 
 

@@ -9,7 +9,8 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 # the fixed choices, written once: validation lists these very values in its errors
-UsersSource = Literal["file", "sql", "htpasswd", "ldap"]
+UsersSource = Literal["file", "sql", "htpasswd", "ldap", "none"]
+ClientAuth = Literal["client_secret_basic", "client_secret_post"]
 SameSite = Literal["lax", "strict", "none"]
 Revocation = Literal["lazy", "strict"]
 Algorithm = Literal["EdDSA", "ES256", "RS256", "HS256"]
@@ -84,6 +85,27 @@ class LdapConfig:
 
 
 @dataclass(frozen=True)
+class OidcConfig:
+    """One `[[auth.oidc]]` OpenID Connect provider (README "Sign-in with OpenID Connect")."""
+
+    name: str  # [a-z0-9-]+: in the redirect URI {public_url}{prefix}/oidc/{name}/callback
+    issuer: str
+    client_id: str
+    client_secret: str  # a confidential client's ("${OIDC_CLIENT_SECRET}")
+    title: str = ""  # the sign-in button's text; unset: "Sign in with {name}"
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    token_endpoint_auth_method: ClientAuth = "client_secret_basic"
+    user_claim: str = "sub"  # the claim whose value (after id_prefix) is the user id
+    roles_claim: str = ""  # a list or a space-separated string; "" = no roles from it
+    role_map: tuple[tuple[str, str], ...] = ()  # provider role -> our role
+    allowed_domains: tuple[str, ...] = ()  # of a verified email; () = any
+    allowed_roles: tuple[str, ...] = ()  # (after role_map) one of them; () = any
+    id_prefix: str = ""  # prepended to every user id of this provider, e.g. "corp:"
+    end_session: bool = False  # sign-out continues to the provider's end_session_endpoint
+    timeout: float = 10.0  # each request to the provider
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """The gateway's own endpoints and where credentials live."""
 
@@ -98,6 +120,7 @@ class AuthConfig:
     htpasswd_roles: tuple[str, ...] = ()  # every htpasswd user's (oauth2-proxy's user groups)
     sql: SqlUsersConfig = field(default_factory=SqlUsersConfig)
     ldap: LdapConfig = field(default_factory=LdapConfig)
+    oidc: tuple[OidcConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -148,6 +171,12 @@ class IdentityConfig:
     user_header: str = "X-User-Id"
     roles_header: str = "X-User-Roles"
     assertion_header: str = "X-Gateway-Assertion"
+    # true: the assertion names the request's method and path too (one signature per distinct
+    # request); false: one assertion per session and route, reused while fresh
+    assertion_binds_request: bool = False
+    # bytes of the roles header's value; more roles: whole roles up to it, and a
+    # `<roles_header>-Truncated: true` header (the assertion carries them all)
+    roles_header_limit: int = 4096
 
 
 @dataclass(frozen=True)
@@ -189,6 +218,9 @@ class Route:
     strip_headers: tuple[str, ...] = ()
     bearer: bool = True
     websocket: bool = True
+    # send the OpenID provider's access token of the session upstream (oidc sessions only)
+    pass_access_token: bool = False
+    access_token_header: str = "Authorization"  # as "Bearer <token>"; another name: the token
     # unset keys: the top-level [identity] section's
     identity: IdentityConfig = field(default_factory=IdentityConfig)
 

@@ -2,8 +2,10 @@
 
 Tables and keys come from the dataclasses in gateway/config/model.py, starting at `Config`: a
 field whose type is a dataclass is a table, a `tuple[<dataclass>, ...]` an array of tables
-(`[[routes]]`), anything else a key. Types, `Literal` choices, defaults, docstrings and the
-comments beside each field become the schema's `type`, `enum`, `default` and `description`.
+(`[[routes]]`), anything else a key; a key of pairs, `tuple[tuple[str, T], ...]`, is written as
+a table of T (`role_map = { admins = "admin" }`). Types, `Literal` choices, defaults, docstrings
+and the comments beside each field become the schema's `type`, `enum`, `default` and
+`description`.
 
 Which fields are TOML keys is asked of validation itself, not written down twice: one document
 holding every field of the model goes through `validate_config`, and the fields it calls an
@@ -39,7 +41,7 @@ from dataclasses import MISSING, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from gateway.config import values
+from gateway.config import validate, values
 from gateway.config.model import HTTP_METHODS, Config
 from gateway.config.validate import ConfigError, validate_config
 
@@ -67,11 +69,24 @@ _HTTP_URL = rf"^[\x00-\x20]*{_ci('http')}[sS]?://"
 _LISTEN = 'Written "host:port", e.g. "127.0.0.1:8000".'
 _OFF = 'A header name; "" = off.'
 _METHOD = "^(?:" + "|".join(_ci(m) for m in sorted(HTTP_METHODS)) + ")$"
+_ROLE = validate._ROLE.pattern
+_ROLES = "Role names: letters, digits, '.', '_', ':' or '-'."
+_CLAIM = validate._CLAIM.pattern
+# validate._issuer: https, or plain http on this machine; no query, fragment or user info
+_PATH_END = r"(?:/[^?#]*)?\??#?\s*$"
+_ISSUER = (
+    rf"^[\s\x00-\x20]*(?:{_ci('https')}://[^/?#@]+"
+    rf"|{_ci('http')}://(?:{_ci('localhost')}|127\.0\.0\.1|\[::1\])(?::[^/?#@]*)?){_PATH_END}"
+)
+# validate._domains: a DNS name, lower-cased after blanks and a leading "@" are dropped
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = rf"^\s*@*{_LABEL}(?:\.{_LABEL})*\s*$"
 
 # Keys whose strings validation reads with a rule the type does not tell: the model's
-# "Class.field" -> the string schema (an array's items, for a list). Looser than validation
-# where a rule has no plain regex; a key left out is any string. On an int it sets the bounds
-# (default: at least 1); on a float it makes a plain number of one (default: a duration).
+# "Class.field" -> the string schema (an array's items, for a list; a table's values, for
+# pairs). Looser than validation where a rule has no plain regex; a key left out is any string.
+# On an int it sets the bounds (default: at least 1); on a float it makes a plain number of one
+# (default: a duration). ARRAY_KEYWORDS in it (`contains`) go on the array, not its items.
 REFINEMENTS: dict[str, dict[str, Any]] = {
     "ServerConfig.listen": {"pattern": rf"^[\s\S]+:{_PORT}$", "description": _LISTEN},
     "ServerConfig.admin_listen": {"pattern": rf"^[\s\S]+:{_PORT}$", "description": _LISTEN},
@@ -81,8 +96,30 @@ REFINEMENTS: dict[str, dict[str, Any]] = {
         "not": {"pattern": r"(^|/)\.\.(/|$)"},
         "description": 'An absolute path like "/.auth".',
     },
+    "AuthConfig.htpasswd_roles": {"pattern": _ROLE, "description": _ROLES},
     "SqlUsersConfig.dsn": {"pattern": r"\S"},
     "SqlUsersConfig.query": {"pattern": r"\S"},
+    "OidcConfig.name": {"pattern": validate._OIDC_NAME.pattern},
+    "OidcConfig.issuer": {
+        "pattern": _ISSUER,
+        "description": "An https URL (plain http only on 127.0.0.1, localhost or [::1]).",
+    },
+    "OidcConfig.client_id": {"pattern": r"\S"},
+    "OidcConfig.client_secret": {"pattern": r"\S"},
+    "OidcConfig.scopes": {"contains": {"anyOf": [{"enum": ["openid"]}, {"pattern": ENV_PATTERN}]}},
+    "OidcConfig.user_claim": {"pattern": _CLAIM, "description": "A claim name."},
+    "OidcConfig.roles_claim": {"pattern": f"^$|{_CLAIM}"},
+    "OidcConfig.role_map": {
+        "pattern": _ROLE,
+        "description": 'A table, e.g. { admins = "admin" }; our roles are role names.',
+    },
+    "OidcConfig.allowed_domains": {"pattern": _DOMAIN, "description": "Domain names."},
+    "OidcConfig.allowed_roles": {"pattern": _ROLE, "description": _ROLES},
+    "OidcConfig.id_prefix": {
+        "pattern": f"^$|{validate._ID_PREFIX.pattern}",
+        "not": {"pattern": "^service:$"},  # the service accounts' own
+        "description": 'One per provider when there is more than one source; "" = none.',
+    },
     "SessionConfig.cookie": {
         "pattern": values._COOKIE_NAME.pattern,
         "not": {"pattern": f"^(?:{_ci('__host-')}|{_ci('__secure-')})"},
@@ -91,6 +128,7 @@ REFINEMENTS: dict[str, dict[str, Any]] = {
     "IdentityConfig.user_header": {"pattern": _HEADER, "description": "A header name."},
     "IdentityConfig.roles_header": {"pattern": f"^$|{_HEADER}", "description": _OFF},
     "IdentityConfig.assertion_header": {"pattern": f"^$|{_HEADER}", "description": _OFF},
+    "IdentityConfig.roles_header_limit": {"minimum": values.HEADER_LIMIT_MIN},  # header_limit
     "Route.name": {
         "pattern": values._ROUTE_NAME.pattern,
         "description": "Letters, digits, '.', '_' or '-'; the assertion's audience.",
@@ -107,7 +145,10 @@ REFINEMENTS: dict[str, dict[str, Any]] = {
         "description": "Other methods get 405; GET brings HEAD.",
     },
     "Route.strip_headers": {"pattern": _HEADER, "description": "Header names."},
+    "Route.access_token_header": {"pattern": _HEADER, "description": "A header name."},
 }
+# keywords of a refinement that say something of a whole array rather than of its items
+ARRAY_KEYWORDS = frozenset({"contains", "minItems", "maxItems", "uniqueItems"})
 
 DURATION_NOTE = 'A duration: "30s", "15m", "12h", "7d" (also "ms", "w"), or a number of seconds.'
 # values.parse_duration's form, more than zero (values.positive_duration)
@@ -227,8 +268,23 @@ def _default(spec: dataclasses.Field[Any]) -> Any:
     return MISSING
 
 
-def toml_value(value: Any) -> Any:
-    """A model value as TOML would hold it (Path and tuple as string and array), or None."""
+def pairs_of(hint: Any) -> Any:
+    """T of a `tuple[tuple[str, T], ...]`, a table the model holds as pairs; else None."""
+    args = get_args(hint)
+    if get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        pair = get_args(args[0])
+        if get_origin(args[0]) is tuple and len(pair) == 2 and pair[0] is str:
+            return pair[1]
+    return None
+
+
+def toml_value(value: Any, hint: Any = None) -> Any:
+    """A model value as TOML would hold it (Path and tuple as string and array), or None.
+
+    With the model type `hint`, pairs (see `pairs_of`) become the table they are written as.
+    """
+    if pairs_of(hint) is not None and isinstance(value, tuple | list):
+        return {str(name): toml_value(item) for name, item in value}
     if isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
@@ -250,7 +306,7 @@ def _sample(model: type) -> dict[str, Any]:
             table = _sample(nested[0])
             doc[spec.name] = [table] if nested[1] else table
         else:
-            value = toml_value(_default(spec))
+            value = toml_value(_default(spec), hints[spec.name])
             doc[spec.name] = "" if value is None else value
     return doc
 
@@ -326,7 +382,7 @@ def _flattened(
         for sub in fields(model):
             if sub.name in parent or _nested(hints[sub.name]):
                 continue
-            value = toml_value(_default(sub))
+            value = toml_value(_default(sub), hints[sub.name])
             parent[sub.name] = "" if value is None else value
             key = Key((*parts, sub.name), model, sub, hints[sub.name], via=spec.name)
             candidates.setdefault(parts, []).append(key)
@@ -524,8 +580,12 @@ def value_schema(hint: Any, refine: dict[str, Any] | None = None, item: bool = F
             schema = value_schema(member, refine, item)
             branches.extend(schema["anyOf"] if list(schema) == ["anyOf"] else [schema])
         return {"anyOf": branches}
+    if pairs_of(hint) is not None:  # a table of names to values; the refinement: the values'
+        return {"type": "object", "additionalProperties": value_schema(pairs_of(hint), refine)}
     if origin in (tuple, frozenset, list, set) and args:
-        return {"type": "array", "items": value_schema(args[0], refine, item=True)}
+        outer = {k: v for k, v in (refine or {}).items() if k in ARRAY_KEYWORDS}
+        inner = {k: v for k, v in (refine or {}).items() if k not in ARRAY_KEYWORDS}
+        return {"type": "array", "items": value_schema(args[0], inner, item=True), **outer}
     raise TypeError(f"gateway schema: no JSON Schema for the model type {hint!r}")
 
 
@@ -549,7 +609,7 @@ def default_text(hint: Any, value: Any, duration: bool = True) -> Any:
         if (value * 1000) == int(value * 1000):
             return f"{int(value * 1000)}ms"
         return value
-    return toml_value(value)
+    return toml_value(value, hint)
 
 
 def _key_schema(key: Key, parent_comment: str) -> dict[str, Any]:

@@ -19,11 +19,13 @@ from gateway.config.model import (
     Algorithm,
     AuditConfig,
     AuthConfig,
+    ClientAuth,
     Config,
     IdentityConfig,
     KeysConfig,
     LdapConfig,
     LoginLimitsConfig,
+    OidcConfig,
     Revocation,
     Route,
     RouteAuth,
@@ -184,6 +186,12 @@ def validate_config(
     r.finish()
 
     routes = _routes(raw.get("routes"), identity, auth.prefix, errors, require_upstream)
+    for index, route in enumerate(routes):
+        if route.pass_access_token and not auth.oidc:
+            errors.append(
+                f"routes[{index}].pass_access_token: needs an [[auth.oidc]] provider, "
+                "whose access token it passes"
+            )
     top.seen.add("routes")
     top.finish()
     if errors:
@@ -255,6 +263,8 @@ def _auth(r: _Reader, base_dir: Path) -> AuthConfig:
     s.finish()
     r.seen.add("ldap")
     ldap = _ldap(_Reader(r.raw.get("ldap"), "auth.ldap", r.errors, LdapConfig), base_dir, users)
+    r.seen.add("oidc")
+    oidc = _oidc_providers(r.raw.get("oidc"), users, r.errors)
     errors = r.errors
     if users == "sql":
         if not sql.dsn:
@@ -275,9 +285,130 @@ def _auth(r: _Reader, base_dir: Path) -> AuthConfig:
         htpasswd_roles=htpasswd_roles,
         sql=sql,
         ldap=ldap,
+        oidc=oidc,
     )
     r.finish()
     return auth
+
+
+_OIDC_NAME = re.compile(r"^[a-z0-9](?:-?[a-z0-9]){0,31}$")
+_ID_PREFIX = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}:$")
+_CLAIM = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _issuer(value: object) -> str:
+    """An issuer URL: https (plain http only on this machine), no query or fragment."""
+    text = v.string(value).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("is not an https:// URL")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
+        raise ValueError("must be https:// (plain http only for a provider on 127.0.0.1)")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError("must have no query, fragment or user info")
+    return text
+
+
+def _claim(value: object) -> str:
+    text = v.string(value)
+    if text and not _CLAIM.match(text):
+        raise ValueError("is not a claim name")
+    return text
+
+
+def _role_map(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a table of provider role = our role")
+    out = []
+    for theirs, ours in value.items():
+        if not isinstance(ours, str) or not _ROLE.match(ours):
+            raise ValueError(f"maps {theirs!r} to {ours!r}, which is not a role name")
+        out.append((str(theirs), ours))
+    return tuple(out)
+
+
+def _domains(value: object) -> tuple[str, ...]:
+    names = tuple(ascii_lower(d.strip().lstrip("@")) for d in v.string_list(value))
+    for name in names:
+        if not all(_DNS_LABEL.match(label) for label in name.split(".")):
+            raise ValueError(f"has {name!r}, which is not a domain name")
+    return names
+
+
+def _oidc_providers(raw: object, users: str, errors: list[str]) -> tuple[OidcConfig, ...]:
+    """`[[auth.oidc]]`: each provider, then the rule that no two sources share an id."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.append("auth.oidc: must be a list of [[auth.oidc]] tables")
+        return ()
+    providers: list[OidcConfig] = []
+    for index, item in enumerate(raw):
+        path = f"auth.oidc[{index}]"
+        r = _Reader(item, path, errors, OidcConfig)
+        before = len(errors)
+        for key in ("name", "issuer", "client_id", "client_secret"):
+            if key not in r.raw:
+                errors.append(f"{path}.{key}: missing")
+        name = r.get("name", v.string, default="")
+        if "name" in r.raw and not _OIDC_NAME.match(name):
+            errors.append(f"{path}.name: {name!r} is not 1-32 of a-z, 0-9 and single '-'")
+        scopes = r.get("scopes", v.string_list)
+        if "openid" not in scopes:
+            errors.append(f'{path}.scopes: {list(scopes)!r} lacks "openid"')
+        prefix = r.get("id_prefix", v.string)
+        if prefix and not _ID_PREFIX.match(prefix):
+            errors.append(
+                f"{path}.id_prefix: {prefix!r} is not 1-32 of a-z 0-9 . _ - followed by ':'"
+            )
+        elif prefix == "service:":
+            errors.append(f"{path}.id_prefix: 'service:' is the service accounts' own")
+        provider = OidcConfig(
+            name=name,
+            issuer=r.get("issuer", _issuer, default=""),
+            client_id=r.get("client_id", v.nonempty, default=""),
+            client_secret=r.get("client_secret", v.nonempty, default=""),
+            title=r.get("title", v.string),
+            scopes=scopes,
+            token_endpoint_auth_method=r.get("token_endpoint_auth_method", v.one_of(ClientAuth)),
+            user_claim=r.get("user_claim", lambda x: _claim(v.nonempty(x))),
+            roles_claim=r.get("roles_claim", _claim),
+            role_map=r.get("role_map", _role_map),
+            allowed_domains=r.get("allowed_domains", _domains),
+            allowed_roles=r.get("allowed_roles", _roles),
+            id_prefix=prefix,
+            end_session=r.get("end_session", v.boolean),
+            timeout=r.get("timeout", v.positive_duration),
+        )
+        r.finish()
+        if len(errors) > before:
+            continue
+        if any(p.name == name for p in providers):
+            errors.append(f"{path}.name: {name!r} is already used by another provider")
+            continue
+        providers.append(provider)
+    # identities from two sources can never be taken for each other (README): with more than
+    # one source, every provider's ids carry a prefix of its own, none the start of another;
+    # the password source's ids may start with none of them (refused at sign-in)
+    sources = len(providers) + (users != "none")
+    if sources > 1:
+        for index, provider in enumerate(providers):
+            if not provider.id_prefix:
+                other = "the password source" if users != "none" else "another provider"
+                errors.append(
+                    f"auth.oidc[{index}].id_prefix: missing; {provider.name!r} and {other} "
+                    f'could give the same user id: set one, e.g. "{provider.name}:"'
+                )
+        prefixes = [p.id_prefix for p in providers if p.id_prefix]
+        for i, a in enumerate(prefixes):
+            for j, b in enumerate(prefixes):
+                if i < j and (b.startswith(a) or a.startswith(b)):
+                    errors.append(
+                        f"auth.oidc: id_prefix {a!r} and {b!r}: one is the start of the other, "
+                        "so ids could clash"
+                    )
+    return tuple(providers)
 
 
 def _ldap(r: _Reader, base_dir: Path, users: str) -> LdapConfig:
@@ -433,6 +564,10 @@ def _identity(r: _Reader, inherited: IdentityConfig | None = None) -> IdentityCo
         assertion_header=r.get(
             "assertion_header", v.optional_header_name, unset("assertion_header")
         ),
+        roles_header_limit=r.get("roles_header_limit", v.header_limit, unset("roles_header_limit")),
+        assertion_binds_request=r.get(
+            "assertion_binds_request", v.boolean, unset("assertion_binds_request")
+        ),
     )
 
 
@@ -494,6 +629,8 @@ def _routes(
             strip_headers=r.get("strip_headers", v.header_names),
             bearer=r.get("bearer", v.boolean),
             websocket=r.get("websocket", v.boolean),
+            pass_access_token=r.get("pass_access_token", v.boolean),
+            access_token_header=r.get("access_token_header", v.header_name),
             identity=route_identity,
         )
         r.finish()

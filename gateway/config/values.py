@@ -72,6 +72,16 @@ def positive_int(value: object) -> int:
     return value
 
 
+HEADER_LIMIT_MIN = 256  # bytes: below this a roles header would hold only a role or two
+
+
+def header_limit(value: object) -> int:
+    """A header value's size limit: a whole number of bytes, at least HEADER_LIMIT_MIN."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < HEADER_LIMIT_MIN:
+        raise ValueError(f"must be a whole number of bytes, at least {HEADER_LIMIT_MIN}")
+    return value
+
+
 def positive_duration(value: object) -> float:
     """A duration longer than zero, in seconds."""
     seconds = parse_duration(value)

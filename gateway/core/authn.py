@@ -7,14 +7,19 @@ go into the re-issued token (or, for a bearer token, into this request's identit
 
 from __future__ import annotations
 
+import dataclasses
+
 from gateway import audit, metrics
 from gateway.auth.cookies import CookieJar
+from gateway.auth.identities import Identities
+from gateway.auth.roles import RolesTooLarge, SessionRoles
+from gateway.auth.servicetokens import ServiceTokens, looks_like_token
 from gateway.auth.sessions import Sessions
 from gateway.auth.tokencache import VerifiedTokens
 from gateway.auth.tokens import Claims, TokenError, TokenExpired, Tokens
 from gateway.core.context import Identity, RequestContext
 from gateway.core.ingress import Header
-from gateway.sources.base import User, UserBackend
+from gateway.sources.base import SERVICE_PREFIX, User
 from gateway.store.base import StoreUnavailable
 
 _STANDING_LIMIT = 10_000
@@ -32,10 +37,14 @@ class Authenticator:
         sessions: Sessions,
         cookies: CookieJar,
         strict: bool,
-        users: UserBackend,
+        users: Identities,
         refresh: float,
+        services: ServiceTokens,
+        roles: SessionRoles,
     ) -> None:
         self.tokens = tokens
+        self.services = services
+        self.roles = roles
         self.verified = VerifiedTokens(tokens)
         self.sessions = sessions
         self.cookies = cookies
@@ -64,6 +73,12 @@ class Authenticator:
         token, source = self._token(headers, ctx)
         if not token:
             return
+        if source == "bearer" and looks_like_token(token):
+            # a service account's API token: looked up in the store on every request
+            ctx.identity = await self.services.identify(token)
+            if ctx.identity is None:
+                ctx.auth_error = "unknown_service_token"
+            return
         expired = False
         try:
             claims = self.verified.verify_session(token)
@@ -74,6 +89,22 @@ class Authenticator:
             if source == "cookie":
                 ctx.set_cookies.append(self.cookies.clear(ctx.view.host or None))
             return
+        if claims.sub.startswith(SERVICE_PREFIX):
+            # sign-in never mints one: a service identity comes from its API token only
+            self._refuse(ctx, "reserved_id", source)
+            return
+        if claims.roles_ref:
+            # a big identity: its roles are in the store (gateway.auth.roles); a store that
+            # cannot answer is 503 in both modes, as there are no roles to serve without it
+            roles = await self.roles.unpack(claims.sid, claims.roles, claims.roles_ref)
+            if roles is None:
+                # the record is gone (store flushed): ask the source again rather than refuse
+                if source == "bearer":
+                    await self._bearer(ctx, claims, expired, roles_known=False)
+                else:
+                    await self._reissue(ctx, claims, expired, roles_known=False)
+                return
+            claims = dataclasses.replace(claims, roles=roles)
         if source == "bearer":
             await self._bearer(ctx, claims, expired)
             return
@@ -98,7 +129,9 @@ class Authenticator:
             return
         ctx.identity = identity
 
-    async def _bearer(self, ctx: RequestContext, claims: Claims, expired: bool) -> None:
+    async def _bearer(
+        self, ctx: RequestContext, claims: Claims, expired: bool, roles_known: bool = True
+    ) -> None:
         # a bearer client holds no cookie to refresh: an expired token is simply refused
         if expired:
             ctx.auth_error = "expired"
@@ -107,11 +140,12 @@ class Authenticator:
             ctx.auth_error = "revoked"
             return
         identity = _identity(claims, "bearer")
-        if self.sessions.clock() >= claims.iat + self.refresh:
+        if not roles_known or self.sessions.clock() >= claims.iat + self.refresh:
             try:
                 user = await self._bearer_standing(claims)
             except StoreUnavailable:
-                if self.strict:
+                # a token whose stored roles are gone has none to fall back on
+                if self.strict or not roles_known:
                     raise
                 metrics.store_error("authn")
                 user = User(claims.sub, claims.roles)
@@ -147,7 +181,7 @@ class Authenticator:
         if now < self._source_down_until:
             raise StoreUnavailable("users source unavailable")
         try:
-            user = await self.users.lookup(claims.sub, claims.username)
+            user = await self.users.lookup(claims.sub, claims.username, claims.sid)
         except StoreUnavailable:
             self._source_down_until = now + SOURCE_RETRY_SECONDS
             raise
@@ -166,14 +200,16 @@ class Authenticator:
                 metrics.store_error("authn")
         return user
 
-    async def _reissue(self, ctx: RequestContext, claims: Claims, expired: bool) -> None:
+    async def _reissue(
+        self, ctx: RequestContext, claims: Claims, expired: bool, roles_known: bool = True
+    ) -> None:
         try:
             session = await self.sessions.check(claims.sid, claims.sub)
             user = await self._current_user(claims) if session is not None else None
         except StoreUnavailable:
             # the store or the users source is down: lazy mode may serve a still-valid token
-            # without re-issuing; anything else fails closed
-            if expired or self.strict:
+            # without re-issuing (not one whose stored roles are gone); anything else fails closed
+            if expired or self.strict or not roles_known:
                 raise
             metrics.store_error("authn")
             ctx.identity = _identity(claims, "cookie")
@@ -184,12 +220,18 @@ class Authenticator:
             return
         self._stand(claims.sid, user, self.sessions.clock())
         await self.sessions.touch(claims.sid)
+        assert session is not None  # a user is only looked up for a live session
+        try:
+            roles, ref = await self.roles.pack(claims.sid, user.roles, session.expires)
+        except RolesTooLarge:
+            self._refuse(ctx, "too_many_roles", "cookie")
+            return
         token, fresh = self.tokens.mint_session(
-            claims.sub, user.roles, claims.sid, claims.amr, claims.username
+            claims.sub, roles, claims.sid, claims.amr, claims.username, ref
         )
         ctx.set_cookies.append(self.cookies.set(token, ctx.view.host or None))
         metrics.token_reissued()
-        ctx.identity = _identity(fresh, "cookie")
+        ctx.identity = _identity(dataclasses.replace(fresh, roles=user.roles), "cookie")
 
     def _refuse(self, ctx: RequestContext, reason: str, source: str) -> None:
         ctx.auth_error = reason

@@ -34,6 +34,8 @@ class RequestContext:
     identity: Identity | None = None
     auth_error: str | None = None  # why a presented token was refused (safe to log)
     used_bearer: bool = False  # Authorization carried our token: never forwarded
+    # the OpenID provider's access token of the session, for a `pass_access_token` route
+    access_token: str | None = None
     set_cookies: list[str] = field(default_factory=list)  # added to the response
     upstream_status: int | None = None
     user_for_log: str | None = None

@@ -72,13 +72,16 @@ class Core:
             for route in config.routes
             if route.host
         }
+        self.oidc = rt.oidc
         self.authn = Authenticator(
             tokens=rt.tokens,
             sessions=rt.sessions,
             cookies=rt.cookies,
             strict=config.session.revocation == "strict",
-            users=rt.users,
+            users=rt.identities,
             refresh=config.auth.refresh,
+            services=rt.services,
+            roles=rt.roles,
         )
 
     async def decide(self, scope: dict) -> Decision:
@@ -113,7 +116,10 @@ class Core:
         if route.host is not None:
             # a host route: `next` names the host too, so sign-in at the portal lands back here
             next_target = self._absolute(view.scheme, view.host, next_target)
-        return Decision(ctx, self.judge(ctx, method, headers, websocket, html, next_target))
+        refusal = self.judge(ctx, method, headers, websocket, html, next_target)
+        if refusal is None and route.pass_access_token:
+            refusal = await self._access_token(ctx)
+        return Decision(ctx, refusal)
 
     async def decide_forwarded(
         self, verify_ctx: RequestContext, method: str, uri: str, host: str, headers: list[Header]
@@ -151,6 +157,8 @@ class Core:
         if route.host is not None:
             next_target = self._absolute(verify_ctx.view.scheme, host, next_target)
         refusal = self.judge(ctx, method, headers, False, html, next_target, forward_auth=True)
+        if refusal is None and route.pass_access_token:
+            refusal = await self._access_token(ctx)
         return Decision(ctx, refusal)
 
     def judge(
@@ -223,6 +231,22 @@ class Core:
         if self.public_url.startswith("https://"):
             scheme = "https"
         return f"{scheme}://{host}{next_target}"
+
+    async def _access_token(self, ctx: RequestContext) -> Refusal | None:
+        """The provider's access token of a signed-in session, for the next hop (none for a
+        password user or a service: they have none)."""
+        identity = ctx.identity
+        if identity is None or identity.source == "service" or not self.oidc:
+            return None
+        if self.oidc.provider_for(identity.sub) is None:
+            return None  # a password user's id: no provider, no store read
+        try:
+            ctx.access_token = await self.oidc.access_token(identity.sid)
+        except StoreUnavailable as exc:
+            log.warning("access token unavailable request_id=%s: %s", ctx.request_id, exc)
+            metrics.store_error("authn")
+            return STORE_DOWN
+        return None
 
     async def _identify(self, ctx: RequestContext, headers: list[Header]) -> Refusal | None:
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.auth import assertions
 from gateway.auth.assertions import AssertionCache
 from gateway.auth.tokens import Tokens
 from gateway.config import Config, Route
@@ -107,6 +106,24 @@ def drop_cookie(value: bytes, names: frozenset[bytes]) -> bytes:
     return b"; ".join(kept)
 
 
+def truncated_header(roles_header: str) -> str:
+    """The header telling the next hop the roles header holds only some roles ("": roles off)."""
+    return f"{roles_header}-Truncated" if roles_header else ""
+
+
+def whole_roles(roles: tuple[str, ...], limit: int) -> bytes:
+    """The roles comma-joined, in order, as many whole ones as fit in `limit` bytes."""
+    kept: list[bytes] = []
+    size = -1  # no comma before the first
+    for role in roles:
+        piece = role.encode("utf-8")
+        if size + 1 + len(piece) > limit:
+            break
+        kept.append(piece)
+        size += 1 + len(piece)
+    return b",".join(kept)
+
+
 _identity_names_memo: tuple[Config, frozenset[bytes]] | None = None
 
 
@@ -119,7 +136,8 @@ def identity_names(config: Config) -> frozenset[bytes]:
         return memo[1]
     names = set()
     for item in (config.identity, *(r.identity for r in config.routes)):
-        for name in (item.user_header, item.roles_header, item.assertion_header):
+        truncated = truncated_header(item.roles_header)
+        for name in (item.user_header, item.roles_header, truncated, item.assertion_header):
             if name:
                 names.add(canonical(name.encode("latin-1")))
     _identity_names_memo = (config, frozenset(names))
@@ -189,10 +207,29 @@ BEARER_USED = b"x-gateway-bearer"
 class _RouteHeaders:
     """The constant parts for one route: names to strip (canonical) and to inject."""
 
-    __slots__ = ("app_strip", "assertion", "binds_request", "proxy_strip", "roles", "route", "user")
+    __slots__ = (
+        "access",
+        "access_bearer",
+        "app_strip",
+        "assertion",
+        "binds_request",
+        "proxy_strip",
+        "roles",
+        "roles_limit",
+        "route",
+        "truncated",
+        "user",
+    )
 
     def __init__(self, config: Config, route: Route) -> None:
         extra = {canonical(h.encode("latin-1")) for h in route.strip_headers}
+        # pass_access_token: the provider's access token goes in this header, and only it
+        self.access = b""
+        self.access_bearer = False
+        if route.pass_access_token:
+            self.access = route.access_token_header.encode("latin-1").lower()
+            self.access_bearer = self.access == b"authorization"
+            extra.add(canonical(self.access))
         identity = identity_names(config)
         self.route = route
         self.proxy_strip = frozenset(HOP_BY_HOP | FORWARDED | LEGACY | identity | extra)
@@ -201,11 +238,12 @@ class _RouteHeaders:
         names = route.identity
         self.user = names.user_header.encode("latin-1").lower()
         self.roles = names.roles_header.encode("latin-1").lower()
+        self.roles_limit = names.roles_header_limit
+        self.truncated = truncated_header(names.roles_header).encode("latin-1").lower()
         self.assertion = names.assertion_header.encode("latin-1").lower()
-        # method and path in the assertion (one per request, as before issue 17) or not (one
-        # per session and route); `[identity] assertion_binds_request` once config has it
-        binds = getattr(names, "assertion_binds_request", None)
-        self.binds_request = assertions.BINDS_REQUEST if binds is None else bool(binds)
+        # method and path in the assertion (one signature per distinct request) or not (one
+        # per session and route): `assertion_binds_request`, per route or in [identity]
+        self.binds_request = names.assertion_binds_request
 
 
 class NextHop:
@@ -227,7 +265,14 @@ class NextHop:
         # UTF-8, as a SQL user id need not be Latin-1
         out = [(names.user, identity.sub.encode("utf-8"))]
         if names.roles:
-            out.append((names.roles, ",".join(identity.roles).encode("utf-8")))
+            roles = ",".join(identity.roles).encode("utf-8")
+            if len(roles) <= names.roles_limit:
+                out.append((names.roles, roles))
+            else:
+                # upstreams refuse big header lines (nginx: 8 KB): some whole roles, said so;
+                # the assertion below carries every one
+                out.append((names.roles, whole_roles(identity.roles, names.roles_limit)))
+                out.append((names.truncated, b"true"))
         if names.assertion:
             if names.binds_request:
                 value = self.assertions.assertion(
@@ -244,6 +289,9 @@ class NextHop:
                     identity.sid, identity.sub, identity.roles, route.name, identity.amr
                 )
             out.append((names.assertion, value))
+        if names.access and ctx.access_token:
+            token = ctx.access_token.encode("latin-1")
+            out.append((names.access, b"Bearer " + token if names.access_bearer else token))
         return out
 
     def verdict_headers(self, ctx: RequestContext, method: str) -> list[Header]:

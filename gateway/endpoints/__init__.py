@@ -10,6 +10,7 @@ from gateway.endpoints.handoff import Handoff
 from gateway.endpoints.health import Health
 from gateway.endpoints.keys import Keys
 from gateway.endpoints.login import Login
+from gateway.endpoints.oidc import OidcSignIn
 from gateway.endpoints.session import CurrentSession
 from gateway.endpoints.verify import Verify
 from gateway.runtime import Runtime
@@ -27,12 +28,16 @@ class Endpoints:
         verify = Verify(rt, core)
         keys = Keys(rt.keyring)
         health = Health(rt.store, rt.keyring)
+        oidc = OidcSignIn(rt)
         self.router = StarletteRouter(
             routes=[
                 Route(f"{p}/login", login.page, methods=["GET"]),
                 Route(f"{p}/login", login.submit, methods=["POST"]),
                 Route(f"{p}/logout", session.logout, methods=["POST"]),
                 Route(f"{p}/handoff", Handoff(rt).handoff, methods=["GET"]),
+                Route(f"{p}/oidc/{{name}}/start", oidc.start, methods=["GET"]),
+                Route(f"{p}/oidc/{{name}}/callback", oidc.callback, methods=["GET"]),
+                Route(f"{p}/oidc/{{name}}/backchannel", oidc.backchannel, methods=["POST"]),
                 Route(f"{p}/me", session.me, methods=["GET"]),
                 Route(f"{p}/verify", verify.verify, methods=["GET", "HEAD", "POST"]),
                 Route(f"{p}/jwks.json", keys.jwks, methods=["GET"]),

@@ -13,11 +13,11 @@ The code is a JWT signed with the gateway's own keys (audience `{public_url}{pre
 header typ `gateway-handoff+jwt`, so it is never read as a session token nor the other way
 round). It lives 30 s, names the target host and the session (sid), and the hash of the state
 cookie the target host set in that browser: a code handed to another browser (login CSRF with
-the attacker's own session) is refused there. Used once: the first redeemer counts the code's
-`jti` in the store (`add_failure`, atomic in every backend, shared by workers and replicas);
-any later count is a replay. The session is checked in the store at the trade, so a code from
-a session signed out since is refused; the cookie it gives carries the same sid, so a sign-out
-on any host revokes it everywhere.
+the attacker's own session) is refused there. Used once: the first redeemer claims the code's
+`jti` in the store (`put_record(..., only_new=True)`, atomic in every backend, shared by
+workers and replicas); any later claim is a replay. The session is checked in the store at the
+trade, so a code from a session signed out since is refused; the cookie it gives carries the
+same sid, so a sign-out on any host revokes it everywhere.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ import jwt
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import audit
 from gateway.auth.redirects import Destination, Redirects, bare_host, parse_absolute, safe_next
+from gateway.auth.roles import TOO_MANY_ROLES, fits_store
 from gateway.auth.tokens import _FORBIDDEN_HEADERS, Claims, TokenError, TokenExpired
 from gateway.core.context import RequestContext, context_of
 from gateway.endpoints.common import HEADERS, Refused, json_error, wants_json
@@ -152,6 +154,12 @@ class Handoff:
             log.info(
                 "handoff refused reason=%s host=%s client=%s", exc.code, ctx.view.host, ctx.view.ip
             )
+            audit.event(
+                "handoff.refused",
+                reason=exc.code,
+                host=bare_host(ctx.view.host) if ctx.view.host else "",
+                client=ctx.view.ip,
+            )
             return self._refusal(request, exc, next_target)
         except StoreUnavailable as exc:
             log.warning("handoff refused: store or users source unavailable: %s", exc)
@@ -198,16 +206,21 @@ class Handoff:
         state = request.cookies.get(self.state_cookie, "")
         if not state or not hmac.compare_digest(_digest(state), claims["state"]):
             raise Refused(403, "handoff_state", "This sign-in link was started in another browser.")
-        # the first to count this code wins: atomic in every store, shared by every replica
-        if await rt.store.add_failure(f"handoff:{claims['jti']}", now, USED_WINDOW) != 1:
+        # the first to claim this code wins: atomic in every store, shared by every replica
+        used = f"handoff:{claims['jti']}"
+        if not await rt.store.put_record(used, "1", now, now + USED_WINDOW, only_new=True):
             raise Refused(403, "handoff_used", "This sign-in link was already used.")
         sub, sid, username = claims["sub"], claims["sid"], claims["username"]
         session = await rt.sessions.check(sid, sub)
-        user = await rt.users.lookup(sub, username) if session is not None else None
+        user = await rt.identities.lookup(sub, username, sid) if session is not None else None
         if user is None:
             raise Refused(403, "handoff_session_ended", "That session has ended; sign in again.")
-        token, _ = rt.tokens.mint_session(sub, user.roles, sid, claims["amr"], username)
+        if not fits_store(user.roles):
+            raise Refused(403, "too_many_roles", TOO_MANY_ROLES)
+        roles, roles_ref = await rt.roles.pack(sid, user.roles, session.expires)
+        token, _ = rt.tokens.mint_session(sub, roles, sid, claims["amr"], username, roles_ref)
         log.info("handoff redeemed user=%r host=%s client=%s", sub, host, ctx.view.ip)
+        audit.event("session.handoff", user=sub, session=sid, host=host, client=ctx.view.ip)
         ctx.user_for_log = sub
         response = _see_other(origin.origin + next_target)
         response.headers.append("set-cookie", rt.cookies.set(token, ctx.view.host))

@@ -6,13 +6,14 @@ import hmac
 import json
 import logging
 import secrets
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import audit, metrics
 from gateway.auth.redirects import Redirects
+from gateway.auth.roles import TOO_MANY_ROLES, fits_store
 from gateway.auth.signin import InvalidCredentials, LockedOut, SourceUnavailable
 from gateway.core.context import context_of
 from gateway.core.decide import Core
@@ -51,6 +52,8 @@ class Login:
         # `next`: a relative path here, or an absolute URL on a route host or the cookie domain
         self.redirects = Redirects(config)
         self.handoff = Handoff(rt, self.redirects)
+        # `users = "none"`: no password form, no password ever checked (providers only)
+        self.password_form = config.auth.users != "none"
 
     def _form(self, status: int, next_target: str, username: str = "", error: str = "") -> Response:
         token = secrets.token_urlsafe(32)
@@ -63,6 +66,14 @@ class Login:
             next_target=next_target,
             username=username,
             error=error,
+            password_form=self.password_form,
+            providers=[
+                (
+                    f"{self.prefix}/oidc/{p.name}/start?next={quote(next_target, safe='')}",
+                    p.config.title or f"Sign in with {p.name}",
+                )
+                for p in self.rt.oidc.providers.values()
+            ],
         )
         response = Response(page, status, media_type="text/html", headers=HEADERS)
         if dest is not None:
@@ -137,6 +148,8 @@ class Login:
         next_target = "/"
         username = ""
         try:
+            if not self.password_form:
+                raise Refused(404, "password_sign_in_off", "Sign in with a provider instead.")
             if not same_origin(request, self.allowed):
                 raise Refused(403, "cross_origin", "Cross-site sign-in is not allowed.")
             username, password, next_target = await self._credentials(request, as_json)
@@ -207,9 +220,18 @@ class Login:
             audit.event(
                 "session.revoked", user=previous.sub, session=previous.sid, reason="signed_in_again"
             )
+        if not fits_store(signed_in.roles):
+            raise Refused(403, "too_many_roles", TOO_MANY_ROLES)
         session = await rt.sessions.create(user_id)
+        # more roles than a cookie holds go into the store; the token then names them
+        roles, roles_ref = await rt.roles.pack(session.sid, signed_in.roles, session.expires)
         token, claims = rt.tokens.mint_session(
-            user_id, signed_in.roles, session.sid, amr=signed_in.amr, username=signed_in.username
+            user_id,
+            roles,
+            session.sid,
+            amr=signed_in.amr,
+            username=signed_in.username,
+            roles_ref=roles_ref,
         )
         log.info("login ok user=%r client=%s", user_id, address)
         audit.event(

@@ -59,8 +59,16 @@ class CurrentSession:
             fields = dict(parse_qsl(body.decode("utf-8", "replace"), max_num_fields=20))
             everywhere = everywhere or fields.get("all") == "true"
         identity = context_of(request.scope).identity
-        if identity is not None:
+        provider_logout = ""
+        # a service token has no session to end: it ends with `gateway tokens revoke`
+        if identity is not None and identity.source != "service":
             try:
+                if self.rt.oidc:
+                    # end_session = true: the browser goes on to sign out at the provider too
+                    provider_logout = await self.rt.oidc.end_session_url(
+                        identity.sid, f"{self.public_url}{self.prefix}/login"
+                    )
+                    await self.rt.oidc.forget(identity.sid)
                 if everywhere:
                     await self.rt.sessions.revoke_user(identity.sub)
                 else:
@@ -79,10 +87,8 @@ class CurrentSession:
         if as_json:
             response = Response(status_code=204, headers=HEADERS)
         else:
-            response = Response(
-                status_code=303,
-                headers={**HEADERS, "location": f"{self.public_url}{self.prefix}/login"},
-            )
+            location = provider_logout or f"{self.public_url}{self.prefix}/login"
+            response = Response(status_code=303, headers={**HEADERS, "location": location})
         # on a hand-off host the cookie is host-only: only a host-only clear removes it
         response.headers.append("set-cookie", self.rt.cookies.clear(view.host or None))
         return response

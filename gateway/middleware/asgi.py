@@ -115,4 +115,4 @@ class GatewayMiddleware:
     async def aclose(self) -> None:
         """Close the session store and the user backend."""
         await self.runtime.store.close()
-        await self.runtime.users.close()
+        await self.runtime.identities.close()

@@ -101,7 +101,7 @@ class _Core:
 
     async def aclose(self) -> None:
         await self.runtime.store.close()
-        await self.runtime.users.close()
+        await self.runtime.identities.close()
 
 
 class _LoopThread:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from string import Template
@@ -32,17 +33,41 @@ def stylesheet() -> bytes:
 
 
 def render_login(
-    *, prefix: str, site: str, csrf: str, next_target: str, username: str = "", error: str = ""
+    *,
+    prefix: str,
+    site: str,
+    csrf: str,
+    next_target: str,
+    username: str = "",
+    error: str = "",
+    password_form: bool = True,
+    providers: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The sign-in form; every value is escaped here."""
+    """The sign-in page: the password form (unless off) and a button per OpenID provider
+    (`(href, title)`, the href with `next` in it already); every value is escaped here."""
     error_html = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    form = ""
+    if password_form:
+        form = _template("login_form.html").substitute(
+            prefix=html.escape(prefix),
+            csrf=html.escape(csrf),
+            next=html.escape(next_target),
+            username=html.escape(username),
+        )
+    buttons = ""
+    if providers:
+        links = "\n".join(
+            f'    <a class="button provider" href="{html.escape(href)}">{html.escape(title)}</a>'
+            for href, title in providers
+        )
+        separator = '<p class="or"><span>or</span></p>\n  ' if password_form else ""
+        buttons = f'{separator}<nav class="providers" aria-label="Sign in with">\n{links}\n  </nav>'
     return _template("login.html").substitute(
         prefix=html.escape(prefix),
         site=html.escape(site),
-        csrf=html.escape(csrf),
-        next=html.escape(next_target),
-        username=html.escape(username),
         error=error_html,
+        form=form,
+        providers=buttons,
     )
 
 

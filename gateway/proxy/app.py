@@ -52,7 +52,7 @@ class GatewayApp:
             await client.aclose()
         if close_store:
             await self.runtime.store.close()
-        await self.runtime.users.close()
+        await self.runtime.identities.close()
 
 
 def build_app(config: Config, clock: Callable[[], float] = time.time) -> GatewayApp:

@@ -17,6 +17,7 @@ SOURCES = {
     "sql": "gateway.sources.sql",
     "htpasswd": "gateway.sources.htpasswd",
     "ldap": "gateway.sources.ldap",
+    "none": "gateway.sources.none",
 }
 
 

@@ -8,6 +8,8 @@ from typing import Protocol
 
 # one bound for every source: a password `gateway users add` takes can always sign in
 MAX_PASSWORD_BYTES = 1024
+# the ids of service accounts (gateway.auth.servicetokens): no source's user may have one
+SERVICE_PREFIX = "service:"
 
 
 @dataclass(frozen=True)
