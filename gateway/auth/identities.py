@@ -19,6 +19,11 @@ class Identities:
         self.users = users
         self.oidc = oidc
 
+    def source_of(self, user_id: str) -> str:
+        """The name of the source this id comes from: a provider's, or "" for passwords."""
+        provider = self.oidc.provider_for(user_id) if self.oidc else None
+        return provider.name if provider is not None else ""
+
     async def lookup(self, user_id: str, name: str = "", sid: str = "") -> User | None:
         """The user as their source has them now; None when gone, disabled or refused.
 

@@ -74,6 +74,7 @@ class StoredGrant:
     access_token: str
     access_expires: float
     id_token: str
+    refreshed: float = 0.0  # when the provider was last asked (sign-in, refresh); unix seconds
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__ | {"roles": list(self.roles)}, separators=(",", ":"))
@@ -152,6 +153,7 @@ class OidcUsers:
             p.name: Provider(p, f"{base}/oidc/{p.name}/callback", clock) for p in config.auth.oidc
         }
         self.sealer = Sealer(config.keys.dir)
+        self.refresh_every = config.auth.refresh
         self._access: dict[str, tuple[str, float]] = {}
         # the refresh under way per (session, user) in this process, shared by its requests
         self._lookups: dict[tuple[str, str], asyncio.Task[User | None]] = {}
@@ -194,6 +196,7 @@ class OidcUsers:
             access_token=grant.access_token,
             access_expires=grant.access_expires,
             id_token=grant.id_token,
+            refreshed=self.clock(),
         )
         await self._save(sid, stored, expires)
         now = self.clock()
@@ -249,7 +252,7 @@ class OidcUsers:
         provider = self.providers.get(stored.provider)
         if provider is None:
             return None  # the provider was taken out of the config
-        if not stored.refresh_token:
+        if not stored.refresh_token or self._fresh(stored):
             return User(stored.user_id, stored.roles)
         lease = f"oidc-refresh:{sid}"
         hold = 2 * provider.config.timeout + 5  # the token call and userinfo, and some
@@ -262,13 +265,21 @@ class OidcUsers:
             current = await self.grant(sid)
             if current is None or current.user_id != user_id:
                 return None
-            if current != stored:
+            if current != stored or self._fresh(current):
+                # refreshed by another request, worker or replica just now: its answer stands
                 self._access.pop(sid, None)
                 return User(current.user_id, current.roles)
             return await self._refresh(provider, current, user_id, sid)
         finally:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.delete_record(lease)  # else it ends by itself after `hold`
+
+    def _fresh(self, stored: StoredGrant) -> bool:
+        """Asked of the provider less than `refresh` ago, its access token not about to end:
+        the provider is asked once per `refresh` per session, however many replicas."""
+        now = self.clock()
+        ending = stored.access_expires and stored.access_expires - ACCESS_MARGIN <= now
+        return now - stored.refreshed < self.refresh_every and not ending
 
     async def _refresh(
         self, provider: Provider, stored: StoredGrant, user_id: str, sid: str
@@ -296,6 +307,7 @@ class OidcUsers:
             access_token=fresh.access_token,
             access_expires=fresh.access_expires,
             id_token=fresh.id_token or stored.id_token,
+            refreshed=self.clock(),
         )
         await self._save(sid, stored, await self._session_end(sid))
         self._access.pop(sid, None)
@@ -314,7 +326,7 @@ class OidcUsers:
         after = await self.grant(sid)
         if after is None or after.user_id != user_id:
             return None
-        if after == before:
+        if after == before and not self._fresh(after):
             # it did not go through, and did not end the grant: the provider was down
             raise StoreUnavailable(f"oidc: the refresh of session {sid[:8]} failed elsewhere")
         self._access.pop(sid, None)

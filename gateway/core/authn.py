@@ -54,7 +54,9 @@ class Authenticator:
         # the source's answer per session (sid), until the next refresh is due: bearer tokens
         # cannot be re-issued, and a cookie client may keep sending the old token
         self._standing: dict[str, tuple[float, User | None]] = {}
-        self._source_down_until = 0.0
+        # per source (the password source "", each provider by name): one down never holds
+        # back the users of another
+        self._source_down_until: dict[str, float] = {}
 
     def _token(self, headers: list[Header], ctx: RequestContext) -> tuple[str | None, str]:
         route = ctx.route
@@ -178,12 +180,13 @@ class Authenticator:
     async def _current_user(self, claims: Claims) -> User | None:
         """The source's user for this token now; a gone user's sessions end everywhere."""
         now = self.sessions.clock()
-        if now < self._source_down_until:
+        source = self.users.source_of(claims.sub)
+        if now < self._source_down_until.get(source, 0.0):
             raise StoreUnavailable("users source unavailable")
         try:
             user = await self.users.lookup(claims.sub, claims.username, claims.sid)
         except StoreUnavailable:
-            self._source_down_until = now + SOURCE_RETRY_SECONDS
+            self._source_down_until[source] = now + SOURCE_RETRY_SECONDS
             raise
         if user is None:
             audit.event(
