@@ -153,8 +153,9 @@ def start_nginx_forward_auth(
     before every request, then nginx proxies to the app itself.
 
     `cached`: nginx keeps each 200 verdict for AUTH_CACHE_SECONDS, keyed by the cookie, the
-    Authorization header, the method, host and URI (a verdict is per route); a response that
-    sets a cookie (a re-issue) is never cached (nginx's default), nor any 401 or 403. A
+    Authorization header, the method, host and URI (a verdict is per route), overriding the
+    gateway's `Cache-Control: no-store`; a response that sets a cookie (a re-issue) is never
+    cached (nginx's default), nor any 401 or 403. A
     revocation then takes up to that long to reach nginx: the README states it.
     """
     port = procs.free_port()
@@ -170,7 +171,9 @@ def start_nginx_forward_auth(
             + "        proxy_cache gateway_verdicts;\n"
             + '        proxy_cache_key "$cookie_gw_session|$http_authorization|'
             + '$request_method|$host|$request_uri";\n'
-            + f"        proxy_cache_valid 200 {AUTH_CACHE_SECONDS}s;\n",
+            + f"        proxy_cache_valid 200 {AUTH_CACHE_SECONDS}s;\n"
+            # the gateway says no-store on everything it answers; Set-Cookie still stops caching
+            + "        proxy_ignore_headers Cache-Control Expires;\n",
         )
     prefix, conf = _nginx(work, name, cache + site, workers=2)
     proc = procs.start(

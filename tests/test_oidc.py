@@ -14,6 +14,7 @@ reads the gateway's log for the reason, so that a refusal for another reason doe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import subprocess
@@ -1164,3 +1165,87 @@ def test_the_provider_down_holds_back_its_own_users_only(corp, oidc_provider):
         assert password_user.get("/app/x", headers=JSON).status_code == 200
     finally:
         oidc_provider.bring_up()
+
+
+def test_roles_claim_may_be_a_space_separated_string_and_role_map_renames():
+    from gateway.auth.oidc_users import user_from_claims
+    from gateway.config import OidcConfig
+
+    config = OidcConfig(
+        name="corp",
+        issuer="https://idp.corp.test",
+        client_id="gw",
+        client_secret="s",
+        roles_claim="scope_roles",
+        role_map=(("ops", "operators"),),
+        id_prefix="corp:",
+    )
+    user = user_from_claims(config, {"sub": "abc", "scope_roles": "staff ops  bad role!"})
+    assert user.id == "corp:abc"
+    # "role!" cannot be a role name: dropped; "ops" renamed; each once
+    assert user.roles == ("staff", "operators", "bad")
+
+
+async def test_an_access_token_near_its_end_is_refreshed_before_it_goes_upstream(
+    tmp_path, oidc_provider
+):
+    import asyncio
+
+    from gateway.auth.oidc_users import ACCESS_MARGIN, OidcUsers, user_from_claims
+    from gateway.config import build_config
+    from gateway.store.base import Session
+    from gateway.store.memory import MemoryStore
+
+    base = "http://127.0.0.1:9"
+    client_id = f"unit-{secrets.token_hex(4)}"
+    oidc_provider.add_client(
+        client_id,
+        client_secret="unit-secret-0123456789",
+        redirect_uris=[f"{base}/.auth/oidc/corp/callback"],
+    )
+    raw = {
+        "server": {"public_url": base},
+        "auth": {
+            "users": "none",
+            "oidc": [
+                {
+                    "name": "corp",
+                    "issuer": oidc_provider.issuer,
+                    "client_id": client_id,
+                    "client_secret": "unit-secret-0123456789",
+                    "scopes": ["openid", "profile", "offline_access"],
+                }
+            ],
+        },
+        "keys": {"dir": str(tmp_path / "keys")},
+        "routes": [{"name": "api", "path": "/api", "upstream": base, "pass_access_token": True}],
+    }
+    users = OidcUsers(build_config(raw, tmp_path, env={}), MemoryStore(), time.time)
+    provider = users.providers["corp"]
+    try:
+        state, nonce, verifier = (secrets.token_urlsafe(24) for _ in range(3))
+        url = await provider.authorization_url(state, nonce, verifier + verifier)
+        back = await asyncio.to_thread(oidc_provider.authorize_as, ALICE.sub, url)
+        code = parse_qs(urlsplit(back).query)["code"][0]
+        grant = await provider.exchange(code, verifier + verifier, nonce)
+        assert grant.refresh_token and grant.access_expires > time.time() + 60
+        user = user_from_claims(provider.config, grant.claims)
+        now = time.time()
+        await users.store.create_session(Session("sid-1", user.id, now, now, now + 3600))
+        await users.remember("sid-1", provider, user, grant, now + 3600)
+        assert await users.access_token("sid-1") == grant.access_token
+        # the stored access token now ends within the margin, as it would an hour later
+        stored = await users.grant("sid-1")
+        ending = dataclasses.replace(stored, access_expires=time.time() + ACCESS_MARGIN / 3)
+        await users._save("sid-1", ending, now + 3600)
+        users._access.clear()
+        fresh = await users.access_token("sid-1")
+        assert fresh and fresh != grant.access_token
+        info = httpx.get(
+            oidc_provider.discovery()["userinfo_endpoint"],
+            headers={"authorization": f"Bearer {fresh}"},
+            trust_env=False,
+        )
+        assert info.status_code == 200 and info.json()["sub"] == ALICE.sub
+    finally:
+        await users.close()
