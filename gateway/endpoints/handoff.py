@@ -84,6 +84,14 @@ class Handoff:
 
     # -- the portal -------------------------------------------------------------------------
 
+    def after_sign_in(self, next_target: str) -> str:
+        """Where the browser goes after any sign-in: a path here, or the host an absolute
+        `next` names (by way of the hand-off when the cookie does not reach it)."""
+        if next_target.startswith("/"):
+            return self.public_url + next_target
+        dest = self.redirects.destination(next_target)
+        return self.public_url + "/" if dest is None else self.entry(dest)
+
     def entry(self, dest: Destination) -> str:
         """Where a signed-in browser bound for `dest` goes: there, or the hand-off on its host."""
         if self.redirects.shares_cookie(dest.host):

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import audit, metrics
+from gateway.auth.begin import begin_session
 from gateway.auth.redirects import Redirects
 from gateway.auth.roles import TOO_MANY_ROLES, fits_store
 from gateway.auth.signin import InvalidCredentials, LockedOut, SourceUnavailable
@@ -98,14 +99,6 @@ class Login:
         if dest is not None and identity is not None and identity.source == "cookie":
             return self.handoff.continue_signed_in(request, dest)
         return self._form(200, next_target)
-
-    def _location(self, next_target: str) -> str:
-        """Where the browser goes after sign-in: a path here, or the host an absolute `next`
-        names (by way of the hand-off when the cookie does not reach it)."""
-        if next_target.startswith("/"):
-            return self.public_url + next_target
-        dest = self.redirects.destination(next_target)
-        return self.public_url + "/" if dest is None else self.handoff.entry(dest)
 
     async def _credentials(self, request: Request, as_json: bool) -> tuple[str, str, str]:
         body = await read_body(request)
@@ -213,37 +206,21 @@ class Login:
             raise Refused(401, "invalid_credentials", "Wrong username or password.") from None
         # a second factor due for this user is asked for here, from signed_in.amr, before a session
         user_id = signed_in.user_id
-        previous = ctx.identity
-        if previous is not None and previous.source == "cookie":
-            # session fixation: a sign-in never continues the session the browser held before
-            await rt.sessions.revoke(previous.sid)
-            audit.event(
-                "session.revoked", user=previous.sub, session=previous.sid, reason="signed_in_again"
-            )
         if not fits_store(signed_in.roles):
             raise Refused(403, "too_many_roles", TOO_MANY_ROLES)
-        session = await rt.sessions.create(user_id)
-        # more roles than a cookie holds go into the store; the token then names them
-        roles, roles_ref = await rt.roles.pack(session.sid, signed_in.roles, session.expires)
-        token, claims = rt.tokens.mint_session(
-            user_id,
-            roles,
-            session.sid,
+        begun = await begin_session(
+            rt,
+            ctx.identity,
+            user_id=user_id,
+            roles=signed_in.roles,
             amr=signed_in.amr,
-            username=signed_in.username,
-            roles_ref=roles_ref,
-        )
-        log.info("login ok user=%r client=%s", user_id, address)
-        audit.event(
-            "signin.succeeded",
-            user=user_id,
-            typed=username,
             source=rt.signin.source_name,
-            amr=signed_in.amr,
-            session=session.sid,
             client=address,
+            username=signed_in.username,
+            typed=username,
         )
-        metrics.login("ok")
+        token, claims = begun.token, begun.claims
+        log.info("login ok user=%r client=%s", user_id, address)
         ctx.user_for_log = user_id
         headers = dict(HEADERS)
         if as_json:
@@ -258,7 +235,7 @@ class Login:
                 headers=headers,
             )
         else:
-            headers["location"] = self._location(next_target)
+            headers["location"] = self.handoff.after_sign_in(next_target)
             response = Response(status_code=303, headers=headers)
         response.headers.append("set-cookie", rt.cookies.set(token))
         response.headers.append("set-cookie", f"{self.csrf_cookie}=; Max-Age=0; {self.csrf_attrs}")

@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import audit, metrics
+from gateway.auth.begin import begin_session
 from gateway.auth.oidc import MAX_AGE, Provider, ProviderUnavailable, TokenRefused
 from gateway.auth.oidc_users import NotAllowed, user_from_claims
 from gateway.auth.redirects import Redirects
@@ -241,33 +242,20 @@ class OidcSignIn:
     async def _signed_in(self, request, provider, user, grant, next_target: str) -> Response:
         rt = self.rt
         ctx = context_of(request.scope)
-        previous = ctx.identity
-        if previous is not None and previous.source == "cookie":
-            # session fixation: a sign-in never continues the session the browser held before
-            await rt.sessions.revoke(previous.sid)
-            audit.event(
-                "session.revoked", user=previous.sub, session=previous.sid, reason="signed_in_again"
-            )
-        session = await rt.sessions.create(user.id)
-        await rt.oidc.remember(session.sid, provider, user, grant, session.expires)
-        roles, roles_ref = await rt.roles.pack(session.sid, user.roles, session.expires)
-        token, _ = rt.tokens.mint_session(user.id, roles, session.sid, AMR, "", roles_ref)
-        log.info("login ok user=%r source=oidc:%s client=%s", user.id, provider.name, ctx.view.ip)
-        audit.event(
-            "signin.succeeded",
-            user=user.id,
-            source=f"oidc:{provider.name}",
+        begun = await begin_session(
+            rt,
+            ctx.identity,
+            user_id=user.id,
+            roles=user.roles,
             amr=AMR,
-            session=session.sid,
+            source=f"oidc:{provider.name}",
             client=ctx.view.ip,
         )
-        metrics.login("ok")
+        await rt.oidc.remember(begun.session.sid, provider, user, grant, begun.session.expires)
+        token = begun.token
+        log.info("login ok user=%r source=oidc:%s client=%s", user.id, provider.name, ctx.view.ip)
         ctx.user_for_log = user.id
-        if next_target.startswith("/"):
-            location = self.public_url + next_target
-        else:
-            dest = self.redirects.destination(next_target)
-            location = self.public_url + "/" if dest is None else self.handoff.entry(dest)
+        location = self.handoff.after_sign_in(next_target)
         response = Response(status_code=303, headers={**HEADERS, "location": location})
         response.headers.append("set-cookie", rt.cookies.set(token))
         return self._cleared(response)
