@@ -55,7 +55,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     config = _load(args, require_upstream=False)
     roles = tuple(r for r in (args.roles or "").split(",") if r.strip())
-    found = explain(config, args.method.upper(), args.url, args.user, roles, args.client or "")
+    found = explain(
+        config, args.method.upper(), args.url, args.user, roles, args.client or "", args.mfa
+    )
     caller = f"{args.user} (roles: {','.join(roles) or '-'})" if args.user else "not signed in"
     request = f"{args.method.upper()} {args.url}" + (f" -> {found.path}" if found.path else "")
     rows = [
@@ -297,6 +299,62 @@ def _state(session) -> str:
 # -- service tokens ---------------------------------------------------------------------
 
 
+def cmd_mfa(args: argparse.Namespace) -> int:
+    from gateway import audit
+    from gateway.auth.sealed import Sealer
+    from gateway.mfa.factors import Factors
+    from gateway.sources.base import canonical_username
+    from gateway.store import open_store
+    from gateway.store.base import StoreUnavailable
+
+    config = _load(args, require_upstream=False)
+    audit.configure(config.audit.file)
+
+    async def work() -> int:
+        store = open_store(config.store.url, config.base_dir)
+        factors = Factors(store, Sealer(config.keys.dir), time.time)
+        try:
+            user = args.user
+            found = await factors.list(user)
+            # a password user's id is the canonical spelling of the name ("Alice" -> "alice")
+            if not found and canonical_username(user) != user:
+                user = canonical_username(user)
+                found = await factors.list(user)
+            left = await factors.recovery_left(user)
+            if args.mfa_command == "list":
+                if not found:
+                    print(f"user {user!r} has no second factor")
+                    return 0
+                rows = [["KIND", "NAME", "ID", "ADDED", "LAST USED"]]
+                for f in found:
+                    rows.append(
+                        [
+                            f.kind,
+                            f.name,
+                            f.id,
+                            _when(f.created),
+                            "never" if f.last_used is None else _when(f.last_used),
+                        ]
+                    )
+                print(table(rows))
+                print(f"recovery codes left: {left}")
+                return 0
+            removed = await factors.reset(user)
+            ended = await store.revoke_user_sessions(user)
+            audit.event("mfa.reset", user=user, factors=removed, sessions_ended=ended, by="cli")
+            print(
+                f"removed {removed} second factor(s) and {left} recovery code(s) of {user!r}; "
+                f"ended {ended} session(s): the next sign-in sets up a new factor"
+            )
+            return 0
+        except StoreUnavailable as exc:
+            raise Failure(f"store unavailable: {exc}") from None
+        finally:
+            await store.close()
+
+    return asyncio.run(work())
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     from gateway import audit
     from gateway.auth.servicetokens import ServiceTokenError, ServiceTokens, check_roles
@@ -394,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--user", help="signed in as this user (default: not signed in)")
     explain.add_argument("--roles", help="that user's roles, comma-separated")
     explain.add_argument("--from", dest="client", metavar="IP", help="the client address")
+    explain.add_argument(
+        "--mfa", action="store_true", help="that user signed in with a second factor too"
+    )
     explain.set_defaults(func=cmd_explain)
 
     # no -c: the schema is the model's, the same whatever a config file holds
@@ -446,6 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
     trevoke = tokens_sub.add_parser("revoke", parents=[common], help="end it on every replica")
     trevoke.add_argument("name")
     tokens.set_defaults(func=cmd_tokens)
+    mfa = sub.add_parser("mfa", help="users' second factors")
+    mfa_sub = mfa.add_subparsers(dest="mfa_command", required=True)
+    mlist = mfa_sub.add_parser("list", parents=[common], help="a user's factors and codes left")
+    mlist.add_argument("user", metavar="USER")
+    mreset = mfa_sub.add_parser(
+        "reset", parents=[common], help="remove every factor of a user and end their sessions"
+    )
+    mreset.add_argument("user", metavar="USER")
+    mfa.set_defaults(func=cmd_mfa)
     return parser
 
 

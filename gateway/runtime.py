@@ -14,12 +14,15 @@ from gateway.auth.keys import ensure_key
 from gateway.auth.limits import LoginLimiter
 from gateway.auth.oidc_users import OidcUsers
 from gateway.auth.roles import SessionRoles
+from gateway.auth.sealed import Sealer
 from gateway.auth.servicetokens import ServiceTokens
 from gateway.auth.sessions import Sessions
 from gateway.auth.signin import PasswordSignIn
 from gateway.auth.tokens import Keyring, Tokens
 from gateway.config import Config
 from gateway.core.nexthop import NextHop
+from gateway.mfa.factors import Factors
+from gateway.mfa.pending import PendingSignIns
 from gateway.sources import build_users
 from gateway.sources.base import UserBackend
 from gateway.store import Store, open_store
@@ -49,6 +52,9 @@ class Runtime:
     oidc: OidcUsers
     # any signed-in user's standing, asked of the source that signed them in
     identities: Identities
+    # second factors (sealed in the store) and the sign-ins waiting for one
+    factors: Factors
+    pending: PendingSignIns
     # OpenTelemetry, one per process; None while [telemetry] is off
     tracing: Tracing | None = None
 
@@ -71,6 +77,7 @@ def build_runtime(
         users = tracing.traced(users, "users")
     limiter = LoginLimiter(store, config.login_limits, clock)
     oidc = OidcUsers(config, store, clock)
+    sealer = Sealer(config.keys.dir)
     return Runtime(
         config=config,
         clock=clock,
@@ -87,5 +94,7 @@ def build_runtime(
         roles=SessionRoles(store, clock),
         oidc=oidc,
         identities=Identities(users, oidc),
+        factors=Factors(store, sealer, clock),
+        pending=PendingSignIns(store, sealer, clock),
         tracing=tracing,
     )

@@ -186,7 +186,11 @@ class OidcUsers:
         self, sid: str, provider: Provider, user: User, grant: Grant, expires: float
     ) -> None:
         """Keep the grant of a new session (sealed), and index it for back-channel logout."""
-        stored = StoredGrant(
+        await self.keep(sid, self.stored_grant(provider, user, grant), expires)
+
+    def stored_grant(self, provider: Provider, user: User, grant: Grant) -> StoredGrant:
+        """The grant as the store keeps it (a pending sign-in carries it to its session)."""
+        return StoredGrant(
             provider=provider.name,
             user_id=user.id,
             roles=user.roles,
@@ -198,9 +202,12 @@ class OidcUsers:
             id_token=grant.id_token,
             refreshed=self.clock(),
         )
+
+    async def keep(self, sid: str, stored: StoredGrant, expires: float) -> None:
+        """Keep a stored grant for session `sid`, indexed for back-channel logout."""
         await self._save(sid, stored, expires)
         now = self.clock()
-        index = f"oidc-bcl:{provider.name}"
+        index = f"oidc-bcl:{stored.provider}"
         await self.store.put_record(f"{index}:sub:{_hash(stored.sub)}:{sid}", "1", now, expires)
         if stored.op_sid:
             await self.store.put_record(

@@ -188,6 +188,19 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True)
+class MfaConfig:
+    """Second factors (README "Second factors"): which kinds, and who must have one."""
+
+    totp: bool = True  # authenticator-app codes (RFC 6238)
+    webauthn: bool = True  # security keys and passkeys
+    issuer: str = "Gateway"  # the name authenticator apps show beside the account
+    rp_id: str = ""  # WebAuthn relying party id; "" = public_url's host
+    # true: every user needs a second factor (enrolled at their first sign-in), on every
+    # required route; service tokens are exempt (only a route's own `mfa = true` refuses them)
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """Where audit events go (README "Audit events")."""
 
@@ -221,6 +234,8 @@ class Route:
     # send the OpenID provider's access token of the session upstream (oidc sessions only)
     pass_access_token: bool = False
     access_token_header: str = "Authorization"  # as "Bearer <token>"; another name: the token
+    # true: a session without a second factor is stepped up (sent to the factor page)
+    mfa: bool = False
     # unset keys: the top-level [identity] section's
     identity: IdentityConfig = field(default_factory=IdentityConfig)
 
@@ -241,6 +256,12 @@ class Config:
     source: Path | None = None
     audit: AuditConfig = field(default_factory=AuditConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    mfa: MfaConfig = field(default_factory=MfaConfig)
+
+    @property
+    def rp_id(self) -> str:
+        """The WebAuthn relying party: `[mfa] rp_id`, else public_url's host."""
+        return self.mfa.rp_id or (urlsplit(self.server.public_url).hostname or "")
 
     @property
     def cookie_secure(self) -> bool:

@@ -25,6 +25,7 @@ from gateway.config.model import (
     KeysConfig,
     LdapConfig,
     LoginLimitsConfig,
+    MfaConfig,
     OidcConfig,
     Revocation,
     Route,
@@ -51,6 +52,7 @@ _SECTIONS = (
     "identity",
     "audit",
     "telemetry",
+    "mfa",
 )
 _FROM_MODEL: Any = object()  # get()'s default: the model field's own default
 
@@ -185,7 +187,15 @@ def validate_config(
     )
     r.finish()
 
+    mfa = _mfa(_Reader(raw.get("mfa"), "mfa", errors, MfaConfig), server.public_url)
+
     routes = _routes(raw.get("routes"), identity, auth.prefix, errors, require_upstream)
+    stepped_up = [index for index, route in enumerate(routes) if route.mfa]
+    if (stepped_up or mfa.required) and not (mfa.totp or mfa.webauthn):
+        where = "mfa.required" if mfa.required else f"routes[{stepped_up[0]}].mfa"
+        errors.append(
+            f"{where}: asks for a second factor, but [mfa] turns both totp and webauthn off"
+        )
     for index, route in enumerate(routes):
         if route.pass_access_token and not auth.oidc:
             errors.append(
@@ -209,7 +219,39 @@ def validate_config(
         source=source,
         audit=audit,
         telemetry=telemetry,
+        mfa=mfa,
     )
+
+
+def _mfa(r: _Reader, public_url: str) -> MfaConfig:
+    host = (urlsplit(public_url).hostname or "").lower()
+    rp_id = r.get("rp_id", v.string).strip().lower()
+    # WebAuthn: the relying party id is the page's host or a registrable suffix of it
+    if rp_id and host and not (host == rp_id or host.endswith("." + rp_id)):
+        r.fail(
+            "mfa.rp_id",
+            rp_id,
+            f"must be server.public_url's host {host!r} or a domain it is under "
+            "(browsers refuse any other relying party)",
+        )
+        rp_id = ""
+    config = MfaConfig(
+        totp=r.get("totp", v.boolean),
+        webauthn=r.get("webauthn", v.boolean),
+        issuer=r.get("issuer", _totp_issuer),
+        rp_id=rp_id,
+        required=r.get("required", v.boolean),
+    )
+    r.finish()
+    return config
+
+
+def _totp_issuer(value: object) -> str:
+    text = v.nonempty(value)
+    # authenticator apps split "issuer:account" on the colon; keep the label readable
+    if ":" in text or len(text) > 64 or not text.isprintable():
+        raise ValueError("must be a printable name of at most 64 characters, without ':'")
+    return text
 
 
 def _server(r: _Reader) -> ServerConfig:
@@ -606,7 +648,13 @@ def _routes(
         users = r.get("users", _route_users)
         networks = r.get("networks", v.networks)
         bypass = r.get("bypass_networks", v.networks)
-        for key, value in (("roles", roles), ("users", users), ("bypass_networks", bypass)):
+        mfa = r.get("mfa", v.boolean)
+        for key, value in (
+            ("roles", roles),
+            ("users", users),
+            ("bypass_networks", bypass),
+            ("mfa", mfa),
+        ):
             if value and auth != "required":
                 errors.append(f'{path}.{key}: {key} need auth = "required", not {auth!r}')
         # a route may override the [identity] headers with the same keys
@@ -631,6 +679,7 @@ def _routes(
             websocket=r.get("websocket", v.boolean),
             pass_access_token=r.get("pass_access_token", v.boolean),
             access_token_header=r.get("access_token_header", v.header_name),
+            mfa=mfa,
             identity=route_identity,
         )
         r.finish()

@@ -123,9 +123,7 @@ class Authenticator:
                 # from that one answer until the next refresh
                 await self._reissue(ctx, claims, expired)
                 return
-            identity = Identity(
-                claims.sub, standing[1].roles, claims.sid, claims.exp, source, claims.amr
-            )
+            identity = dataclasses.replace(identity, roles=standing[1].roles)
         if self.strict and not await self.sessions.check_strict(claims.sid, claims.sub):
             self._refuse(ctx, "revoked", source)
             return
@@ -154,9 +152,7 @@ class Authenticator:
             if user is None:
                 ctx.auth_error = "revoked"
                 return
-            identity = Identity(
-                claims.sub, user.roles, claims.sid, claims.exp, "bearer", claims.amr
-            )
+            identity = dataclasses.replace(identity, roles=user.roles)
         ctx.identity = identity
 
     async def _bearer_standing(self, claims: Claims) -> User | None:
@@ -243,4 +239,6 @@ class Authenticator:
 
 
 def _identity(claims: Claims, source: str) -> Identity:
-    return Identity(claims.sub, claims.roles, claims.sid, claims.exp, source, claims.amr)
+    return Identity(
+        claims.sub, claims.roles, claims.sid, claims.exp, source, claims.amr, claims.username
+    )

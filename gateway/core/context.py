@@ -19,7 +19,9 @@ class Identity:
     sid: str
     exp: float
     source: str  # "cookie" | "bearer"
-    amr: tuple[str, ...] = ()  # how the session signed in: ("pwd",), later ("pwd", "otp")
+    amr: tuple[str, ...] = ()  # how the session signed in: ("pwd",), ("pwd", "otp"), ("hwk",)
+    # the name the users source finds `sub` by, when that is not `sub` itself
+    username: str = ""
 
 
 @dataclass

@@ -31,6 +31,7 @@ from gateway.core.routing import (
     normalize_path,
     under_prefix,
 )
+from gateway.mfa import mfa_methods
 from gateway.store.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -73,6 +74,9 @@ class Core:
             if route.host
         }
         self.oidc = rt.oidc
+        self.mfa_everyone = config.mfa.required
+        # what a client stepped up may use, as 401 mfa_required names them
+        self.mfa_methods = mfa_methods(config)
         self.authn = Authenticator(
             tokens=rt.tokens,
             sessions=rt.sessions,
@@ -193,7 +197,18 @@ class Core:
             return Refusal(
                 403, "cross_site", "Cross-site requests with the session cookie are refused."
             )
-        verdict = decide(identity, route, method, ctx.view.ip)
+        verdict = decide(identity, route, method, ctx.view.ip, self.mfa_everyone)
+        if verdict.outcome is Outcome.STEP_UP:
+            location = login_location(self.public_url, self.prefix, next_target, "mfa")
+            if html:
+                return Refusal(302, "mfa_required", "A second factor first.", location=location)
+            return Refusal(
+                401,
+                "mfa_required",
+                "This route needs a second factor: complete it at the factor page.",
+                ((b"location", location.encode("latin-1")),) if forward_auth else (),
+                methods=self.mfa_methods,
+            )
         if verdict.outcome is Outcome.LOGIN:
             location = login_location(self.public_url, self.prefix, next_target)
             if html:

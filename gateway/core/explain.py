@@ -20,6 +20,7 @@ _VERDICT = {
     Outcome.LOGIN: "sign in first (browser: 302 to the sign-in page; API: 401)",
     Outcome.FORBIDDEN: "forbidden (403)",
     Outcome.METHOD: "method not allowed (405)",
+    Outcome.STEP_UP: "second factor first (browser: 302 to the factor page; API: 401)",
 }
 
 
@@ -40,8 +41,10 @@ def explain(
     user: str | None = None,
     roles: tuple[str, ...] = (),
     client: str = "",
+    second_factor: bool = False,
 ) -> Explanation:
-    """The decision for `method url` by `user` (with `roles`) from `client`."""
+    """The decision for `method url` by `user` (with `roles`, signed in with a password and,
+    with `second_factor`, a one-time code too) from `client`."""
     parts = urlsplit(url if "://" in url else f"http://placeholder{url}")
     host = None if "://" not in url else parts.netloc.rsplit("@", 1)[-1] or None
     raw = (parts.path or "/").encode("utf-8", "surrogateescape")
@@ -57,8 +60,9 @@ def explain(
     identity = None
     if user:
         name = canonical_username(user)
-        identity = Identity(name, tuple(roles), "explain", 0.0, "cookie")
-    decision = decide(identity, route, method, client)
+        amr = ("pwd", "otp") if second_factor else ("pwd",)
+        identity = Identity(name, tuple(roles), "explain", 0.0, "cookie", amr)
+    decision = decide(identity, route, method, client, config.mfa.required)
     return Explanation(route, _VERDICT[decision.outcome], decision.rule, path)
 
 

@@ -19,6 +19,7 @@ class Outcome(Enum):
     LOGIN = "login"  # not authenticated on a required route
     FORBIDDEN = "forbidden"  # authenticated, but without a needed role
     METHOD = "method"  # the route does not take this method
+    STEP_UP = "step_up"  # allowed once the session has a second factor
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,42 @@ def _inside(client: str, networks: tuple[Network, ...]) -> bool:
     return any(address in network for network in networks)
 
 
-def decide(identity: Identity | None, route: Route, method: str, client: str = "") -> Decision:
+# RFC 8176 methods that are a second factor (or, for a passkey, both at once)
+SECOND_FACTORS = frozenset({"otp", "hwk"})
+
+
+def has_second_factor(amr: tuple[str, ...]) -> bool:
+    """True when the session's sign-in included a one-time code or a security key."""
+    return not SECOND_FACTORS.isdisjoint(amr)
+
+
+def decide(
+    identity: Identity | None,
+    route: Route,
+    method: str,
+    client: str = "",
+    mfa_everyone: bool = False,
+) -> Decision:
     """The route's verdict on this caller, method and client address; pure, table-driven.
 
     The order (README "Route rules"): deny, networks, methods, public/optional,
-    bypass_networks, signed in, then users or roles.
+    bypass_networks, signed in, users or roles, then the second factor (the route's `mfa`,
+    or `mfa_everyone` from `[mfa] required`, which service tokens are exempt from).
     """
+    verdict = _first_factor(identity, route, method, client)
+    if verdict.outcome is not Outcome.ALLOW or identity is None:
+        return verdict
+    if not (route.mfa or (mfa_everyone and identity.source != "service")):
+        return verdict
+    if has_second_factor(identity.amr):
+        return Decision(Outcome.ALLOW, rule=f"{verdict.rule}; mfa: a second factor was used")
+    if identity.source == "service":
+        return Decision(Outcome.FORBIDDEN, rule="mfa: a service token has no second factor")
+    why = "mfa = true" if route.mfa else "[mfa] required"
+    return Decision(Outcome.STEP_UP, rule=f"{why}: {identity.sub} has no second factor yet")
+
+
+def _first_factor(identity: Identity | None, route: Route, method: str, client: str) -> Decision:
     if route.auth == "deny":
         return Decision(Outcome.FORBIDDEN, rule='auth = "deny": nobody reaches this route')
     if route.networks and not _inside(client, route.networks):
@@ -74,9 +105,10 @@ def decide(identity: Identity | None, route: Route, method: str, client: str = "
     )
 
 
-def login_location(public_url: str, prefix: str, next_target: str) -> str:
-    """Where an unauthenticated browser is sent: built from public_url, never from Host."""
-    return f"{public_url}{prefix}/login?next={quote(next_target, safe='')}"
+def login_location(public_url: str, prefix: str, next_target: str, page: str = "login") -> str:
+    """Where an unauthenticated browser is sent (or, `page = "mfa"`, one to step up): built
+    from public_url, never from Host."""
+    return f"{public_url}{prefix}/{page}?next={quote(next_target, safe='')}"
 
 
 def original_target(query: bytes, path: str) -> str:

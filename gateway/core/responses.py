@@ -15,6 +15,10 @@ PAGE_CSP = (
     b"default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; "
     + b"base-uri 'none'"
 )
+# a page that makes the WebAuthn calls runs the gateway's own script, and no other
+PAGE_CSP_SCRIPT = PAGE_CSP.replace(
+    b"default-src 'none';", b"default-src 'none'; script-src 'self';"
+)
 SECURITY_HEADERS: tuple[Header, ...] = (
     (b"cache-control", b"no-store"),
     (b"x-content-type-options", b"nosniff"),
@@ -36,6 +40,8 @@ class Refusal:
     headers: tuple[Header, ...] = ()
     location: str | None = None
     html: bool = False
+    # `mfa_required`: the second factors that would do, as the JSON body's "methods"
+    methods: tuple[str, ...] | None = None
 
 
 def wants_html(method: str, headers: Iterable[Header]) -> bool:
@@ -62,7 +68,10 @@ def render(refusal: Refusal, prefix: str = "/.auth") -> tuple[int, list[Header],
         body = render_error_page(refusal.status, refusal.detail, prefix).encode("utf-8")
         ctype = b"text/html; charset=utf-8"
     else:
-        body = json.dumps({"error": refusal.code, "detail": refusal.detail}).encode("utf-8")
+        doc: dict[str, object] = {"error": refusal.code, "detail": refusal.detail}
+        if refusal.methods is not None:
+            doc["methods"] = list(refusal.methods)
+        body = json.dumps(doc).encode("utf-8")
         ctype = b"application/json"
     headers = [
         (b"content-type", ctype),

@@ -6,13 +6,16 @@ from starlette.routing import Route
 from starlette.routing import Router as StarletteRouter
 
 from gateway.core.decide import Core
+from gateway.endpoints.account import Account
 from gateway.endpoints.handoff import Handoff
 from gateway.endpoints.health import Health
 from gateway.endpoints.keys import Keys
 from gateway.endpoints.login import Login
+from gateway.endpoints.mfa import MfaStep
 from gateway.endpoints.oidc import OidcSignIn
 from gateway.endpoints.session import CurrentSession
 from gateway.endpoints.verify import Verify
+from gateway.endpoints.webauthn import WebAuthnSteps
 from gateway.runtime import Runtime
 
 
@@ -23,12 +26,13 @@ class Endpoints:
         self.rt = rt
         self.core = core
         p = self.prefix = rt.config.auth.prefix
-        login = Login(rt, core)
+        mfa = MfaStep(rt, core)
+        login = Login(rt, core, mfa)
         session = CurrentSession(rt, core)
         verify = Verify(rt, core)
         keys = Keys(rt.keyring)
         health = Health(rt.store, rt.keyring)
-        oidc = OidcSignIn(rt)
+        oidc = OidcSignIn(rt, mfa)
         self.router = StarletteRouter(
             routes=[
                 Route(f"{p}/login", login.page, methods=["GET"]),
@@ -38,12 +42,18 @@ class Endpoints:
                 Route(f"{p}/oidc/{{name}}/start", oidc.start, methods=["GET"]),
                 Route(f"{p}/oidc/{{name}}/callback", oidc.callback, methods=["GET"]),
                 Route(f"{p}/oidc/{{name}}/backchannel", oidc.backchannel, methods=["POST"]),
+                Route(f"{p}/mfa", mfa.page, methods=["GET"]),
+                Route(f"{p}/mfa/totp", mfa.totp, methods=["POST"]),
+                Route(f"{p}/mfa/recovery", mfa.recovery, methods=["POST"]),
+                Route(f"{p}/mfa/totp/enroll", mfa.enroll_totp, methods=["POST"]),
                 Route(f"{p}/me", session.me, methods=["GET"]),
                 Route(f"{p}/verify", verify.verify, methods=["GET", "HEAD", "POST"]),
                 Route(f"{p}/jwks.json", keys.jwks, methods=["GET"]),
                 Route(f"{p}/health", health.health, methods=["GET"]),
                 Route(f"{p}/ready", health.ready, methods=["GET"]),
                 Route(f"{p}/static/gateway.css", health.css, methods=["GET"]),
+                *WebAuthnSteps(rt, mfa).routes(p),
+                *Account(rt, core, mfa).routes(p),
             ],
         )
 

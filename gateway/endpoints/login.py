@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import audit, metrics
-from gateway.auth.begin import begin_session
+from gateway.auth.begin import begin_session, second_factor_due
 from gateway.auth.redirects import Redirects
 from gateway.auth.roles import TOO_MANY_ROLES, fits_store
 from gateway.auth.signin import InvalidCredentials, LockedOut, SourceUnavailable
@@ -28,9 +28,11 @@ from gateway.endpoints.common import (
     wants_json,
 )
 from gateway.endpoints.handoff import Handoff
+from gateway.endpoints.mfa import MfaStep
+from gateway.mfa.pending import Pending
 from gateway.pages import render_login
 from gateway.runtime import Runtime
-from gateway.sources.base import MAX_PASSWORD_BYTES, encodable
+from gateway.sources.base import MAX_PASSWORD_BYTES, canonical_username, encodable
 from gateway.store.base import StoreUnavailable
 
 log = logging.getLogger("gateway.login")
@@ -39,8 +41,9 @@ log = logging.getLogger("gateway.login")
 class Login:
     """The sign-in form and its submission; which source checks the password is the runtime's."""
 
-    def __init__(self, rt: Runtime, core: Core) -> None:
+    def __init__(self, rt: Runtime, core: Core, mfa: MfaStep) -> None:
         self.rt = rt
+        self.mfa = mfa
         config = rt.config
         self.prefix = config.auth.prefix
         self.public_url = config.server.public_url
@@ -204,10 +207,29 @@ class Login:
             )
             metrics.login("failed")
             raise Refused(401, "invalid_credentials", "Wrong username or password.") from None
-        # a second factor due for this user is asked for here, from signed_in.amr, before a session
         user_id = signed_in.user_id
         if not fits_store(signed_in.roles):
             raise Refused(403, "too_many_roles", TOO_MANY_ROLES)
+        due = await second_factor_due(rt, user_id)
+        if due is not None:
+            # a second factor first: a pending sign-in, which opens nothing, not a session
+            pending = Pending(
+                user_id=user_id,
+                roles=signed_in.roles,
+                amr=signed_in.amr,
+                source=rt.signin.source_name,
+                next_target=next_target,
+                username=signed_in.username,
+                typed=username,
+                limit_name=canonical_username(username),
+                limit_account="" if user_id == canonical_username(username) else user_id,
+                started=rt.clock(),
+            )
+            response = await self.mfa.challenge(request, pending, due, as_json)
+            response.headers.append(
+                "set-cookie", f"{self.csrf_cookie}=; Max-Age=0; {self.csrf_attrs}"
+            )
+            return response
         begun = await begin_session(
             rt,
             ctx.identity,
@@ -218,6 +240,7 @@ class Login:
             client=address,
             username=signed_in.username,
             typed=username,
+            device=request.headers.get("user-agent", ""),
         )
         token, claims = begun.token, begun.claims
         log.info("login ok user=%r client=%s", user_id, address)

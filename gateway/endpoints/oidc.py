@@ -32,13 +32,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway import audit, metrics
-from gateway.auth.begin import begin_session
+from gateway.auth.begin import begin_session, second_factor_due
 from gateway.auth.oidc import MAX_AGE, Provider, ProviderUnavailable, TokenRefused
 from gateway.auth.oidc_users import NotAllowed, user_from_claims
 from gateway.auth.redirects import Redirects
 from gateway.core.context import context_of
 from gateway.endpoints.common import HEADERS, Refused, read_body
 from gateway.endpoints.handoff import Handoff
+from gateway.endpoints.mfa import MfaStep
+from gateway.mfa.pending import Pending
 from gateway.pages import render_message
 from gateway.runtime import Runtime
 from gateway.store.base import StoreUnavailable
@@ -58,7 +60,8 @@ def _flow_key(value: str) -> str:
 class OidcSignIn:
     """The start, the callback and the back-channel logout of every configured provider."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, mfa: MfaStep) -> None:
+        self.mfa = mfa
         self.rt = rt
         config = rt.config
         self.prefix = config.auth.prefix
@@ -242,6 +245,20 @@ class OidcSignIn:
     async def _signed_in(self, request, provider, user, grant, next_target: str) -> Response:
         rt = self.rt
         ctx = context_of(request.scope)
+        due = await second_factor_due(rt, user.id)
+        if due is not None:
+            # the provider's sign-in is the first factor; ours is the second
+            pending = Pending(
+                user_id=user.id,
+                roles=user.roles,
+                amr=AMR,
+                source=f"oidc:{provider.name}",
+                next_target=next_target,
+                limit_name=user.id,
+                started=rt.clock(),
+                grant=rt.oidc.stored_grant(provider, user, grant).to_json(),
+            )
+            return self._cleared(await self.mfa.challenge(request, pending, due, False))
         begun = await begin_session(
             rt,
             ctx.identity,
@@ -250,6 +267,7 @@ class OidcSignIn:
             amr=AMR,
             source=f"oidc:{provider.name}",
             client=ctx.view.ip,
+            device=request.headers.get("user-agent", ""),
         )
         await rt.oidc.remember(begun.session.sid, provider, user, grant, begun.session.expires)
         token = begun.token

@@ -90,3 +90,12 @@ def render_message(
 def render_error_page(status: int, detail: str, prefix: str = "/.auth") -> str:
     """The HTML form of a gateway error, for browser navigations."""
     return render_message(prefix=prefix, title=TITLES.get(status, "Error"), detail=detail)
+
+
+def render_card(*, prefix: str, title: str, body: str, scripts: Sequence[str] = ()) -> str:
+    """A page in the sign-in card's look; `body` is HTML the caller escaped already, each of
+    `scripts` a same-origin script path (the WebAuthn calls)."""
+    tags = "\n".join(f'<script src="{html.escape(src)}" defer></script>' for src in scripts)
+    return _template("card.html").substitute(
+        prefix=html.escape(prefix), title=html.escape(title), body=body, scripts=tags
+    )

@@ -1,0 +1,617 @@
+"""{prefix}/mfa: the second-factor step, for a pending sign-in or a session being stepped up.
+
+    GET  /mfa               the factor page (or, with none enrolled, the enrollment page)
+    POST /mfa/totp          a code from an authenticator app
+    POST /mfa/recovery      a recovery code (each once)
+    POST /mfa/totp/enroll   the first code of a new authenticator app, which enrolls it
+
+Who is being asked (a `Subject`) is either a pending sign-in (gateway.mfa.pending: its cookie,
+or `pending` in a JSON body) or the caller's own session, whose token lacks a second factor
+(step-up: `mfa = true` routes, `[mfa] required`). Completing the step begins the session of a
+pending sign-in, or re-issues the session's token with the factor in `amr` (same session).
+Wrong codes count in the login limits of the user, as wrong passwords do. The WebAuthn
+endpoints (gateway.endpoints.webauthn) use the same subject and completion.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway import audit, metrics
+from gateway.auth.begin import begin_session, usable_methods
+from gateway.auth.oidc_users import StoredGrant
+from gateway.auth.redirects import Redirects
+from gateway.auth.sealed import SealError
+from gateway.core.context import Identity, context_of
+from gateway.core.decide import Core
+from gateway.core.policy import has_second_factor
+from gateway.core.responses import PAGE_CSP_SCRIPT
+from gateway.endpoints.common import (
+    HEADERS,
+    Refused,
+    json_error,
+    read_body,
+    same_origin,
+    wants_json,
+)
+from gateway.endpoints.handoff import Handoff
+from gateway.mfa import AMR
+from gateway.mfa.factors import user_key
+from gateway.mfa.pending import PENDING_TTL, Pending
+from gateway.mfa.totp import check_code, matching_step, new_secret, provisioning_uri, qr_svg
+from gateway.pages import render_card
+from gateway.runtime import Runtime
+from gateway.sources.base import canonical_username
+from gateway.store.base import StoreUnavailable
+
+log = logging.getLogger("gateway.mfa")
+
+ENROLL_TTL = 600.0
+CONFIRM_TTL = 300.0  # a factor entered counts as "just now" for the account page this long  # an enrollment secret shown on the page waits this long for its first code
+_MAX_CODE = 64
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Who the factor step is for: a pending sign-in (`handle`) or a session (`identity`)."""
+
+    user_id: str
+    roles: tuple[str, ...]
+    amr: tuple[str, ...]
+    source: str
+    username: str
+    next_target: str
+    limit_name: str
+    limit_account: str = ""
+    handle: str = ""
+    pending: Pending | None = None
+    identity: Identity | None = None
+
+    @property
+    def stepped_up(self) -> bool:
+        return has_second_factor(self.amr)
+
+
+class MfaStep:
+    """The factor page and endpoints; `challenge` is how sign-in hands a user over to them."""
+
+    def __init__(self, rt: Runtime, core: Core) -> None:
+        self.rt = rt
+        config = rt.config
+        self.prefix = config.auth.prefix
+        self.public_url = config.server.public_url
+        self.allowed = core.allowed_origins
+        self.redirects = Redirects(config)
+        self.handoff = Handoff(rt, self.redirects)
+        secure = config.cookie_secure
+        self.cookie = config.cookie_name + "_mfa"
+        self.cookie_attrs = "Path=/; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")
+        self.csrf_cookie = config.cookie_name + "_csrf"
+        self.csrf_attrs = "Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
+        self.webauthn_on = config.mfa.webauthn
+
+    # -- from sign-in ---------------------------------------------------------------------
+
+    async def challenge(
+        self, request: Request, pending: Pending, methods: tuple[str, ...], as_json: bool
+    ) -> Response:
+        """A first factor is done and a second is due: keep the pending sign-in, send the user
+        to the factor page (API: 401 mfa_required with the handle to complete it by JSON)."""
+        handle = await self.rt.pending.start(pending)
+        audit.event(
+            "signin.pending",
+            user=pending.user_id,
+            source=pending.source,
+            methods=list(methods),
+            client=context_of(request.scope).view.ip,
+        )
+        if as_json:
+            response: Response = JSONResponse(
+                {
+                    "error": "mfa_required",
+                    "detail": "A second factor is required: send it to "
+                    + (f"{self.prefix}/mfa/totp" if methods else f"{self.prefix}/mfa/totp/enroll"),
+                    "methods": list(methods),
+                    "enroll": not methods,
+                    "pending": handle,
+                },
+                401,
+                headers=HEADERS,
+            )
+        else:
+            location = f"{self.public_url}{self.prefix}/mfa"
+            response = Response(status_code=303, headers={**HEADERS, "location": location})
+        response.headers.append(
+            "set-cookie", f"{self.cookie}={handle}; Max-Age={int(PENDING_TTL)}; {self.cookie_attrs}"
+        )
+        return response
+
+    # -- who is asked ---------------------------------------------------------------------
+
+    async def subject(self, request: Request, fields: dict | None = None) -> Subject | None:
+        """The pending sign-in this browser or client holds, else its session; None: neither."""
+        handle = ""
+        if fields is not None and isinstance(fields.get("pending"), str):
+            handle = fields["pending"]
+        handle = handle or request.cookies.get(self.cookie, "")
+        pending = await self.rt.pending.get(handle) if handle else None
+        if pending is not None:
+            return Subject(
+                user_id=pending.user_id,
+                roles=pending.roles,
+                amr=pending.amr,
+                source=pending.source,
+                username=pending.username,
+                next_target=pending.next_target,
+                limit_name=pending.limit_name or canonical_username(pending.user_id),
+                limit_account=pending.limit_account,
+                handle=handle,
+                pending=pending,
+            )
+        identity = context_of(request.scope).identity
+        if identity is None or identity.source == "service":
+            return None
+        raw_next = None
+        if fields is not None and isinstance(fields.get("next"), str):
+            raw_next = fields["next"]
+        elif "next" in request.query_params:
+            raw_next = request.query_params["next"]
+        return Subject(
+            user_id=identity.sub,
+            roles=identity.roles,
+            amr=identity.amr,
+            source=self.rt.identities.source_of(identity.sub) or self.rt.config.auth.users,
+            username=identity.username,
+            next_target=self.redirects.resolve(raw_next),
+            limit_name=canonical_username(identity.username or identity.sub),
+            identity=identity,
+        )
+
+    async def methods(self, subject: Subject) -> tuple[str, ...]:
+        """The subject's enrolled second factors that this config takes."""
+        return usable_methods(self.rt, await self.rt.factors.methods(subject.user_id))
+
+    # -- reading a submission -------------------------------------------------------------
+
+    async def fields(self, request: Request, as_json: bool) -> dict:
+        """The form or JSON body; a form must carry the CSRF token of the page it came from."""
+        if not same_origin(request, self.allowed | self._own_origin(request)):
+            raise Refused(403, "cross_origin", "Cross-site requests are not allowed here.")
+        body = await read_body(request)
+        if as_json:
+            try:
+                data = json.loads(body) if body else {}
+            except (ValueError, UnicodeDecodeError):
+                raise Refused(400, "bad_request", "The body is not valid JSON.") from None
+            if not isinstance(data, dict):
+                raise Refused(400, "bad_request", "Send a JSON object.")
+            return data
+        try:
+            fields = dict(
+                parse_qsl(body.decode("utf-8"), max_num_fields=20, keep_blank_values=True)
+            )
+        except (ValueError, UnicodeDecodeError):
+            raise Refused(400, "bad_request", "The form could not be read.") from None
+        cookie = request.cookies.get(self.csrf_cookie, "")
+        sent = fields.get("csrf", "")
+        if not cookie or not sent or not hmac.compare_digest(cookie, sent):
+            raise Refused(403, "csrf", "The form expired; please try again.")
+        return fields
+
+    def _own_origin(self, request: Request) -> set[str]:
+        view = context_of(request.scope).view
+        return {f"{view.scheme}://{view.host}"} if view.host else set()
+
+    async def locked(self, request: Request, subject: Subject) -> None:
+        """Refused 429 while the user's login limits are used up (codes and passwords alike)."""
+        address = context_of(request.scope).view.ip
+        wait = await self.rt.limiter.retry_after(subject.limit_name, address, subject.limit_account)
+        if wait is not None:
+            audit.event("mfa.locked", user=subject.user_id, retry_after=wait, client=address)
+            metrics.login("locked")
+            raise Refused(
+                429,
+                "too_many_attempts",
+                "Too many failed attempts; try again later.",
+                {"retry-after": str(wait)},
+            )
+
+    async def failed(self, request: Request, subject: Subject, method: str, why: str) -> Refused:
+        """Count a wrong factor in the login limits; the refusal to raise."""
+        address = context_of(request.scope).view.ip
+        await self.rt.limiter.failed(subject.limit_name, address, subject.limit_account)
+        log.info(
+            "second factor refused user=%r method=%s client=%s", subject.user_id, method, address
+        )
+        audit.event("mfa.failed", user=subject.user_id, method=method, reason=why, client=address)
+        metrics.login("failed")
+        return Refused(401, "invalid_code", _WRONG[method])
+
+    # -- the page -------------------------------------------------------------------------
+
+    async def page(self, request: Request) -> Response:
+        """GET: the factor page, or enrollment when the subject has no factor yet."""
+        as_json = wants_json(request)
+        try:
+            subject = await self.subject(request)
+            if subject is None:
+                return self._no_subject(as_json)
+            methods = await self.methods(subject)
+            confirm = request.query_params.get("confirm") == "1" and bool(methods)
+            if subject.identity is not None and subject.stepped_up and not confirm:
+                # nothing to step up: straight on
+                if as_json:
+                    return JSONResponse({"methods": list(methods), "done": True}, headers=HEADERS)
+                return _see_other(self.handoff.after_sign_in(subject.next_target))
+            if not methods:
+                return await self._enroll_page(request, subject, as_json)
+            if as_json:
+                return JSONResponse({"methods": list(methods), "enroll": False}, headers=HEADERS)
+            return self._factor_page(subject, methods)
+        except StoreUnavailable as exc:
+            return self._unavailable(exc)
+
+    def _no_subject(self, as_json: bool) -> Response:
+        if as_json:
+            return json_error(401, "unauthenticated", "Sign in first.")
+        return _see_other(f"{self.public_url}{self.prefix}/login")
+
+    def _factor_page(
+        self, subject: Subject, methods: tuple[str, ...], error: str = "", status: int = 200
+    ) -> Response:
+        token = secrets.token_urlsafe(32)
+        p = html.escape(self.prefix)
+        hidden = _hidden(token, subject)
+        parts = [
+            '<p class="sub">Confirm it is you with your second factor.</p>',
+            _error(error),
+        ]
+        if "webauthn" in methods:
+            parts.append(
+                f'<div data-webauthn="authenticate" data-prefix="{p}" '
+                f'data-next="{html.escape(subject.next_target)}" hidden>'
+                '<button type="button" class="secondary" data-webauthn-button>'
+                "Use a security key or passkey</button>"
+                '<p class="error" role="alert" data-webauthn-error hidden></p></div>'
+            )
+        if "totp" in methods:
+            parts.append(
+                f'<form method="post" action="{p}/mfa/totp">{hidden}'
+                '<label for="code">Code from your authenticator app</label>'
+                '<input id="code" name="code" class="code" type="text" inputmode="numeric" '
+                'autocomplete="one-time-code" pattern="[0-9 ]*" maxlength="8" required autofocus>'
+                '<button type="submit">Verify</button></form>'
+            )
+        if "recovery" in methods:
+            parts.append(
+                f"<details><summary>Use a recovery code</summary>"
+                f'<form method="post" action="{p}/mfa/recovery">{hidden}'
+                '<label for="recovery">Recovery code</label>'
+                '<input id="recovery" name="code" type="text" autocomplete="off" '
+                'autocapitalize="none" spellcheck="false" required>'
+                '<button type="submit" class="secondary">Use recovery code</button>'
+                "</form></details>"
+            )
+        return self._card("Two-step verification", "".join(parts), token, status)
+
+    async def _enroll_page(self, request: Request, subject: Subject, as_json: bool) -> Response:
+        config = self.rt.config
+        secret = await self._enroll_secret(subject) if config.mfa.totp else ""
+        account = subject.username or subject.user_id
+        uri = provisioning_uri(secret, account, config.mfa.issuer) if secret else ""
+        if as_json:
+            doc: dict = {"methods": [], "enroll": True}
+            if secret:
+                doc["totp"] = {"secret": secret, "uri": uri}
+            return JSONResponse(doc, headers=HEADERS)
+        return self._enroll_card(subject, secret, uri)
+
+    def _enroll_card(
+        self, subject: Subject, secret: str, uri: str, error: str = "", status: int = 200
+    ) -> Response:
+        token = secrets.token_urlsafe(32)
+        p = html.escape(self.prefix)
+        hidden = _hidden(token, subject)
+        parts = [
+            '<p class="sub">This site needs a second factor. Set one up to continue.</p>',
+            _error(error),
+        ]
+        if secret:
+            parts.append(
+                "<p>Scan this code with an authenticator app (Google Authenticator, 1Password, "
+                "Authy, FreeOTP), then type the 6-digit code it shows.</p>"
+                f'<div class="qr">{qr_svg(uri)}</div>'
+                f'<p class="hint">Or enter this key by hand:</p>'
+                f'<p class="secret">{html.escape(_grouped(secret))}</p>'
+                f'<form method="post" action="{p}/mfa/totp/enroll">{hidden}'
+                '<label for="code">Code from the app</label>'
+                '<input id="code" name="code" class="code" type="text" inputmode="numeric" '
+                'autocomplete="one-time-code" pattern="[0-9 ]*" maxlength="8" required autofocus>'
+                '<label for="name">Name it (optional)</label>'
+                '<input id="name" name="name" type="text" maxlength="60" '
+                'placeholder="Phone">'
+                '<button type="submit">Turn on</button></form>'
+            )
+        if self.webauthn_on:
+            if secret:
+                parts.append('<p class="or"><span>or</span></p>')
+            parts.append(
+                f'<div data-webauthn="register" data-prefix="{p}" '
+                f'data-next="{html.escape(subject.next_target)}" hidden>'
+                '<button type="button" class="secondary" data-webauthn-button>'
+                "Add a security key or passkey</button>"
+                '<p class="error" role="alert" data-webauthn-error hidden></p></div>'
+            )
+        return self._card("Set up two-step verification", "".join(parts), token, status)
+
+    def _card(self, title: str, body: str, csrf: str, status: int) -> Response:
+        scripts = (f"{self.prefix}/static/webauthn.js",) if self.webauthn_on else ()
+        page = render_card(prefix=self.prefix, title=title, body=body, scripts=scripts)
+        response = Response(page, status, media_type="text/html", headers=HEADERS)
+        if self.webauthn_on:
+            response.headers["content-security-policy"] = PAGE_CSP_SCRIPT.decode()
+        response.headers.append(
+            "set-cookie", f"{self.csrf_cookie}={csrf}; Max-Age=3600; {self.csrf_attrs}"
+        )
+        return response
+
+    async def _enroll_secret(self, subject: Subject) -> str:
+        """The secret the enrollment page shows: kept (sealed) until its first code, so a
+        reload shows the same QR code the user may have scanned already."""
+        key = f"mfa-enroll:{user_key(subject.user_id)}"
+        now = self.rt.clock()
+        sealer = self.rt.factors.sealer
+        value = await self.rt.store.get_record(key, now)
+        if value is not None:
+            try:
+                return sealer.open(value, "mfa-enroll", key)
+            except SealError:
+                pass
+        secret = new_secret()
+        await self.rt.store.put_record(
+            key, sealer.seal(secret, "mfa-enroll", key), now, now + ENROLL_TTL
+        )
+        return secret
+
+    # -- the submissions ------------------------------------------------------------------
+
+    async def totp(self, request: Request) -> Response:
+        """POST code=: a code of one of the subject's authenticator apps."""
+        return await self._submit(request, "totp")
+
+    async def recovery(self, request: Request) -> Response:
+        """POST code=: one of the subject's recovery codes, used up by this."""
+        return await self._submit(request, "recovery")
+
+    async def enroll_totp(self, request: Request) -> Response:
+        """POST code= [name=]: the first code of the authenticator app the enrollment page
+        showed; enrolls it, and, for a first factor, makes the recovery codes."""
+        return await self._submit(request, "enroll")
+
+    async def recently_confirmed(self, identity: Identity) -> bool:
+        """True for a few minutes after this session entered a second factor (the account
+        page asks it before a factor is removed or the recovery codes are replaced)."""
+        key = f"mfa-confirmed:{identity.sid}"
+        return await self.rt.store.get_record(key, self.rt.clock()) is not None
+
+    async def _submit(self, request: Request, kind: str) -> Response:
+        as_json = wants_json(request)
+        subject: Subject | None = None
+        methods: tuple[str, ...] = ()
+        try:
+            fields = await self.fields(request, as_json)
+            subject = await self.subject(request, fields)
+            if subject is None:
+                raise Refused(
+                    401, "unauthenticated", "Sign in first; the sign-in may have expired."
+                )
+            methods = await self.methods(subject)
+            code = fields.get("code")
+            if not isinstance(code, str) or not code.strip() or len(code) > _MAX_CODE:
+                raise Refused(400, "bad_request", "Enter the code.")
+            if kind == "enroll":
+                return await self._enroll(request, subject, methods, code, fields, as_json)
+            if kind == "totp" and "totp" not in methods:
+                raise Refused(400, "not_enrolled", "No authenticator app is set up.")
+            if kind == "recovery" and "recovery" not in methods:
+                raise Refused(400, "not_enrolled", "No recovery codes are left.")
+            await self.locked(request, subject)
+            if kind == "totp":
+                ok = await check_code(self.rt.factors, subject.user_id, code, self.rt.clock)
+            else:
+                ok = await self.rt.factors.use_recovery(subject.user_id, code)
+            if not ok:
+                raise await self.failed(request, subject, kind, "wrong_code")
+            return await self.complete(request, subject, kind, as_json)
+        except Refused as exc:
+            if as_json or subject is None:
+                return json_error(exc.status, exc.code, exc.detail, exc.headers)
+            if kind == "enroll" and not methods:
+                secret = await self._enroll_secret(subject) if self.rt.config.mfa.totp else ""
+                account = subject.username or subject.user_id
+                uri = provisioning_uri(secret, account, self.rt.config.mfa.issuer) if secret else ""
+                response = self._enroll_card(subject, secret, uri, exc.detail, exc.status)
+            else:
+                response = self._factor_page(subject, methods, exc.detail, exc.status)
+            response.headers.update(exc.headers)
+            return response
+        except StoreUnavailable as exc:
+            return self._unavailable(exc)
+
+    async def _enroll(
+        self,
+        request: Request,
+        subject: Subject,
+        methods: tuple[str, ...],
+        code: str,
+        fields: dict,
+        as_json: bool,
+    ) -> Response:
+        if not self.rt.config.mfa.totp:
+            raise Refused(404, "totp_off", "Authenticator apps are turned off here.")
+        # a first factor may be enrolled on the way in; another needs a second factor first
+        if methods and not (subject.identity is not None and subject.stepped_up):
+            raise Refused(403, "step_up_required", "Confirm a second factor you have first.")
+        await self.locked(request, subject)
+        key = f"mfa-enroll:{user_key(subject.user_id)}"
+        value = await self.rt.store.get_record(key, self.rt.clock())
+        if value is None:
+            raise Refused(400, "enrollment_expired", "The setup expired; scan the new code.")
+        try:
+            secret = self.rt.factors.sealer.open(value, "mfa-enroll", key)
+        except SealError:
+            raise Refused(
+                400, "enrollment_expired", "The setup expired; scan the new code."
+            ) from None
+        step = matching_step(secret, code, self.rt.clock())
+        if step is None:
+            raise await self.failed(request, subject, "totp", "wrong_enrollment_code")
+        name = fields.get("name")
+        name = name.strip()[:60] if isinstance(name, str) and name.strip() else "Authenticator app"
+        try:
+            factor = await self.rt.factors.add(
+                subject.user_id, "totp", name, {"secret": secret, "last_step": step}
+            )
+        except ValueError as exc:
+            raise Refused(400, "too_many_factors", str(exc).capitalize() + ".") from None
+        await self.rt.store.delete_record(key)
+        await self.rt.factors.used_once(subject.user_id, f"{factor.id}:{step}", 120)
+        audit.event("mfa.enrolled", user=subject.user_id, kind="totp", factor=factor.id, label=name)
+        codes = None
+        if not methods:
+            codes = await self.rt.factors.new_recovery_codes(subject.user_id)
+        return await self.complete(request, subject, "totp", as_json, codes)
+
+    # -- completing -----------------------------------------------------------------------
+
+    async def complete(
+        self,
+        request: Request,
+        subject: Subject,
+        method: str,
+        as_json: bool,
+        recovery_codes: list[str] | None = None,
+    ) -> Response:
+        """The factor is good: begin the pending session, or step the session up; then on to
+        `next` (or, with new recovery codes, a page showing them once)."""
+        rt = self.rt
+        ctx = context_of(request.scope)
+        amr = tuple(dict.fromkeys((*subject.amr, AMR[method])))
+        await rt.limiter.succeeded(subject.limit_name, subject.limit_account)
+        if subject.pending is not None:
+            if not await rt.pending.finish(subject.handle):
+                # the same pending sign-in completed by another request a moment ago
+                raise Refused(409, "already_used", "This sign-in was completed already.")
+            begun = await begin_session(
+                rt,
+                ctx.identity,
+                user_id=subject.user_id,
+                roles=subject.roles,
+                amr=amr,
+                source=subject.source,
+                client=ctx.view.ip,
+                username=subject.username,
+                typed=subject.pending.typed or None,
+                device=request.headers.get("user-agent", ""),
+            )
+            if subject.pending.grant:
+                stored = StoredGrant.from_json(subject.pending.grant)
+                await rt.oidc.keep(begun.session.sid, stored, begun.session.expires)
+            token, claims, host = begun.token, begun.claims, None
+        else:
+            identity = subject.identity
+            assert identity is not None
+            session = await rt.sessions.check(identity.sid, identity.sub)
+            if session is None:
+                raise Refused(401, "unauthenticated", "The session has ended; sign in again.")
+            packed, ref = await rt.roles.pack(identity.sid, identity.roles, session.expires)
+            token, claims = rt.tokens.mint_session(
+                identity.sub, packed, identity.sid, amr, identity.username, ref
+            )
+            host = ctx.view.host or None
+        now = rt.clock()
+        # what `recently_confirmed` reads: a factor entered just now, by this session
+        await rt.store.put_record(f"mfa-confirmed:{claims.sid}", method, now, now + CONFIRM_TTL)
+        ctx.user_for_log = subject.user_id
+        audit.event(
+            "mfa.succeeded",
+            user=subject.user_id,
+            method=method,
+            session=claims.sid,
+            step_up=subject.pending is None,
+            client=ctx.view.ip,
+        )
+        log.info("second factor ok user=%r method=%s", subject.user_id, method)
+        location = self.handoff.after_sign_in(subject.next_target)
+        if as_json:
+            doc = {
+                "sub": subject.user_id,
+                "roles": list(subject.roles),
+                "exp": claims.exp,
+                "sid": claims.sid,
+                "amr": list(claims.amr),
+            }
+            if recovery_codes is not None:
+                doc["recovery_codes"] = recovery_codes
+            response: Response = JSONResponse(doc, headers=HEADERS)
+        elif recovery_codes is not None:
+            response = self.recovery_codes_page(recovery_codes, location)
+        else:
+            response = _see_other(location)
+        response.headers.append("set-cookie", rt.cookies.set(token, host))
+        if subject.pending is not None:
+            response.headers.append("set-cookie", f"{self.cookie}=; Max-Age=0; {self.cookie_attrs}")
+        return response
+
+    def recovery_codes_page(self, codes: list[str], continue_to: str) -> Response:
+        """The new recovery codes, shown this once."""
+        items = "".join(f"<li>{html.escape(c)}</li>" for c in codes)
+        body = (
+            '<p class="notice">Two-step verification is on.</p>'
+            "<p>Keep these recovery codes somewhere safe. Each one signs you in once if you "
+            "lose your device. They are not shown again.</p>"
+            f'<ol class="codes">{items}</ol>'
+            f'<a class="button" href="{html.escape(continue_to)}">Continue</a>'
+        )
+        page = render_card(prefix=self.prefix, title="Your recovery codes", body=body)
+        return Response(page, 200, media_type="text/html", headers=HEADERS)
+
+    def _unavailable(self, exc: Exception) -> Response:
+        log.warning("second factor unavailable: store: %s", exc)
+        metrics.store_error("mfa")
+        return json_error(503, "store_unavailable", "Sign-in is unavailable; try again.")
+
+
+_WRONG = {
+    "totp": "That code is not right, or was used already.",
+    "recovery": "That recovery code is not right, or was used already.",
+    "webauthn": "That security key was not accepted.",
+}
+
+
+def _hidden(csrf: str, subject: Subject) -> str:
+    out = f'<input type="hidden" name="csrf" value="{html.escape(csrf)}">'
+    if subject.pending is None:
+        out += f'<input type="hidden" name="next" value="{html.escape(subject.next_target)}">'
+    return out
+
+
+def _error(text: str) -> str:
+    return f'<p class="error" role="alert">{html.escape(text)}</p>' if text else ""
+
+
+def _grouped(secret: str) -> str:
+    return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+
+
+def _see_other(location: str) -> Response:
+    return Response(status_code=303, headers={**HEADERS, "location": location})
