@@ -55,8 +55,8 @@ from gateway.store.base import StoreUnavailable
 
 log = logging.getLogger("gateway.mfa")
 
-ENROLL_TTL = 600.0
-CONFIRM_TTL = 300.0  # a factor entered counts as "just now" for the account page this long  # an enrollment secret shown on the page waits this long for its first code
+ENROLL_TTL = 600.0  # an enrollment secret shown on the page waits this long for its first code
+CONFIRM_TTL = 300.0  # a factor entered counts as "just now" for the account page this long
 _MAX_CODE = 64
 
 
