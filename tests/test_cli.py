@@ -333,6 +333,12 @@ name = "internal"
 path = "/internal"
 upstream = "http://127.0.0.1:9"
 auth = "deny"
+
+[[routes]]
+name = "payroll"
+path = "/payroll"
+upstream = "http://127.0.0.1:9"
+mfa = true
 """
 
 
@@ -389,6 +395,13 @@ auth = "deny"
             'auth = "deny"',
             "403",
         ),
+        (
+            ["GET", "/payroll", "--user", "carol"],
+            "payroll",
+            "mfa = true: carol has no second factor yet",
+            "second factor first",
+        ),
+        (["GET", "/payroll", "--user", "carol", "--mfa"], "payroll", "mfa: a second", "allow"),
         (["GET", "/elsewhere"], "-", "no route matches", "not found (404)"),
         (["GET", "/.auth/login"], "-", "under auth.prefix", "the gateway's own endpoint"),
     ],

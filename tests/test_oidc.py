@@ -1249,3 +1249,47 @@ async def test_an_access_token_near_its_end_is_refreshed_before_it_goes_upstream
         assert info.status_code == 200 and info.json()["sub"] == ALICE.sub
     finally:
         await users.close()
+
+
+# -- a second factor after the provider ---------------------------------------------------------
+
+
+def test_a_provider_user_with_a_second_factor_is_asked_for_it_after_the_provider(
+    corp, oidc_provider, upstream
+):
+    import pyotp
+
+    account = oidc_provider.add_account(
+        "erin-0005", preferred_username="erin", email="erin@corp.test", groups=["staff"]
+    )
+    # signed in by the provider alone, erin sets up an authenticator app on the factor page
+    browser = corp.signed_in(account.sub)
+    setup = browser.get(f"{corp.base}/.auth/mfa", headers=JSON).json()
+    assert setup["enroll"] is True
+    totp = pyotp.TOTP(setup["totp"]["secret"])
+    enrolled = browser.post(f"{corp.base}/.auth/mfa/totp/enroll", json={"code": totp.now()})
+    assert enrolled.status_code == 200, enrolled.text
+    assert enrolled.json()["amr"] == ["oidc", "otp"]
+    browser.post(f"{corp.base}/.auth/logout", json={})
+
+    # the next sign-in at the provider ends at the factor page, with no session yet
+    fresh = corp.browser()
+    back = corp.sign_in(fresh, account.sub, "/api/x")
+    assert back.status_code == 303, back.text
+    assert back.headers["location"] == f"{corp.base}/.auth/mfa"
+    set_cookies = back.headers.get_list("set-cookie")
+    assert not any(c.startswith("gw_session=") for c in set_cookies)
+    assert any(c.startswith("gw_session_mfa=") for c in set_cookies)
+    assert fresh.get(f"{corp.base}/api/x", headers=JSON).status_code == 401
+    assert corp.me(fresh).status_code == 401
+    # a wrong code is refused; the right one (the next step's: this one was used) signs in
+    wrong = fresh.post(f"{corp.base}/.auth/mfa/totp", json={"code": "000000"})
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_code"
+    done = fresh.post(f"{corp.base}/.auth/mfa/totp", json={"code": totp.at(time.time() + 30)})
+    assert done.status_code == 200, done.text
+    assert done.json()["sub"] == "corp:erin" and done.json()["amr"] == ["oidc", "otp"]
+    # the provider's grant came along: the access token still goes upstream
+    upstream.clear()
+    assert fresh.get(f"{corp.base}/api/x").status_code == 200
+    assert upstream.last().header("authorization")[0].startswith("Bearer ")
+    assert upstream.last().header("x-user-id") == ["corp:erin"]
