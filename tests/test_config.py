@@ -20,6 +20,7 @@ from gateway.config import (
     KeysConfig,
     LdapConfig,
     LoginLimitsConfig,
+    MfaConfig,
     Route,
     ServerConfig,
     SessionConfig,
@@ -45,6 +46,7 @@ TABLES: list[tuple[str, type, Callable[[Config], Any]]] = [
     ("store", StoreConfig, lambda c: c.store),
     ("login_limits", LoginLimitsConfig, lambda c: c.login_limits),
     ("identity", IdentityConfig, lambda c: c.identity),
+    ("mfa", MfaConfig, lambda c: c.mfa),
     ("routes[0]", Route, lambda c: c.routes[0]),
     # a route's unset identity keys come from [identity], here itself all defaults
     ("routes[0] identity", IdentityConfig, lambda c: c.routes[0].identity),
@@ -115,6 +117,8 @@ NEEDS = {
     (KeysConfig, "secret"): (secrets.token_urlsafe(48), {"keys": {"algorithm": "HS256"}}),
     (SessionConfig, "domain"): ("corp.test", {"server": {"public_url": "https://login.corp.test"}}),
     (Route, "pass_access_token"): (True, {"auth": {"oidc": [PROVIDER]}}),
+    # the relying party is public_url's host or a domain it is under
+    (MfaConfig, "rp_id"): ("corp.test", {"server": {"public_url": "https://login.corp.test"}}),
 }
 
 

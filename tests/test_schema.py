@@ -234,6 +234,13 @@ def test_bad_configs_are_refused_by_both(text: str, gateway_check):
 GOOD: list[tuple[str, str, dict[str, str]]] = [
     ("minimal", ROUTE_TOML, {}),
     (
+        "mfa",
+        "[server]\npublic_url = 'https://login.corp.test'\n"
+        "[mfa]\ntotp = true\nwebauthn = false\nissuer = 'Corp SSO'\nrp_id = 'corp.test'\n"
+        "required = true\n" + ROUTE_TOML + "mfa = true\n",
+        {},
+    ),
+    (
         "design-example",
         """
 [server]
@@ -502,6 +509,19 @@ CHECK_ONLY: list[tuple[str, str, str]] = [
         OIDC_TOML + "id_prefix = 'a:'\n" + PROVIDER_TOML + "id_prefix = 'b:'\n" + ROUTE_TOML,
         "across providers",
     ),
+    ("mfa-on-public", ROUTE_TOML + "auth = 'public'\nmfa = true\n", "mfa vs auth"),
+    ("mfa-rp-id-elsewhere", "[mfa]\nrp_id = 'evil.test'\n" + ROUTE_TOML, "rp_id vs public_url"),
+    (
+        "mfa-required-without-kinds",
+        "[mfa]\ntotp = false\nwebauthn = false\nrequired = true\n" + ROUTE_TOML,
+        "required vs totp and webauthn",
+    ),
+    (
+        "mfa-route-without-kinds",
+        "[mfa]\ntotp = false\nwebauthn = false\n" + ROUTE_TOML + "mfa = true\n",
+        "a route's mfa vs totp and webauthn",
+    ),
+    ("mfa-issuer-colon", "[mfa]\nissuer = 'Corp: SSO'\n" + ROUTE_TOML, "no pattern for issuer"),
     (
         "pass-access-token-without-provider",
         ROUTE_TOML + "pass_access_token = true\n",

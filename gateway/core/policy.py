@@ -66,8 +66,10 @@ def decide(
     or `mfa_everyone` from `[mfa] required`, which service tokens are exempt from).
     """
     verdict = _first_factor(identity, route, method, client)
-    if verdict.outcome is not Outcome.ALLOW or identity is None:
+    if verdict.outcome is not Outcome.ALLOW or identity is None or route.auth != "required":
         return verdict
+    if route.bypass_networks and _inside(client, route.bypass_networks):
+        return verdict  # no sign-in needed from there: a session is not asked for more
     if not (route.mfa or (mfa_everyone and identity.source != "service")):
         return verdict
     if has_second_factor(identity.amr):

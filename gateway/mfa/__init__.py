@@ -23,7 +23,6 @@ def mfa_methods(config: Config) -> tuple[str, ...]:
     methods = []
     if config.mfa.totp:
         methods.append("totp")
-    if config.mfa.webauthn:
-        methods.append("webauthn")
+    # WebAuthn (gateway/endpoints/webauthn.py) is not offered until its ceremonies exist
     methods.append("recovery")
     return tuple(methods)

@@ -99,3 +99,14 @@ def render_card(*, prefix: str, title: str, body: str, scripts: Sequence[str] = 
     return _template("card.html").substitute(
         prefix=html.escape(prefix), title=html.escape(title), body=body, scripts=tags
     )
+
+
+def render_account(*, prefix: str, title: str, body: str, wide: bool = True) -> str:
+    """The account page (or one of its sub-pages) in the card's look, wider by default;
+    `body` is HTML the caller escaped already. No script."""
+    return _template("account.html").substitute(
+        prefix=html.escape(prefix),
+        title=html.escape(title),
+        body=body,
+        classes="card account" if wide else "card",
+    )
