@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hmac
+import json
+from urllib.parse import parse_qsl
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -49,3 +53,33 @@ async def read_body(request: Request) -> bytes:
         if len(body) > MAX_FORM_BYTES:
             raise Refused(413, "payload_too_large", "The request body is too large.")
     return bytes(body)
+
+
+def json_object(body: bytes, shape: str = "Send a JSON object.", empty: bool = False) -> dict:
+    """The body as a JSON object (`empty`: an empty body is {}), or Refused 400 saying `shape`."""
+    if empty and not body:
+        return {}
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(400, "bad_request", "The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise Refused(400, "bad_request", shape)
+    return data
+
+
+def form_fields(body: bytes) -> dict[str, str]:
+    """A urlencoded form of at most 20 fields, or Refused 400."""
+    try:
+        return dict(parse_qsl(body.decode("utf-8"), max_num_fields=20, keep_blank_values=True))
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(400, "bad_request", "The form could not be read.") from None
+
+
+def check_csrf(request: Request, cookie: str, fields: dict[str, str], expired: str) -> None:
+    """Refused 403 unless the form's `csrf` is the token in cookie `cookie` (double submit: a
+    cross-site form cannot read our cookie to copy it into the form)."""
+    held = request.cookies.get(cookie, "")
+    sent = fields.get("csrf", "")
+    if not held or not sent or not hmac.compare_digest(held, sent):
+        raise Refused(403, "csrf", expired)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import secrets
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,7 +20,10 @@ from gateway.core.responses import PAGE_CSP
 from gateway.endpoints.common import (
     HEADERS,
     Refused,
+    check_csrf,
+    form_fields,
     json_error,
+    json_object,
     read_body,
     same_origin,
     wants_json,
@@ -106,26 +107,14 @@ class Login:
     async def _credentials(self, request: Request, as_json: bool) -> tuple[str, str, str]:
         body = await read_body(request)
         if as_json:
-            try:
-                data = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                raise Refused(400, "bad_request", "The body is not valid JSON.") from None
-            if not isinstance(data, dict):
-                raise Refused(400, "bad_request", 'Send {"username", "password"}.')
+            data = json_object(body, 'Send {"username", "password"}.')
             username, password = data.get("username"), data.get("password")
             next_target = data.get("next", "/")
         else:
-            try:
-                fields = dict(
-                    parse_qsl(body.decode("utf-8"), max_num_fields=20, keep_blank_values=True)
-                )
-            except (ValueError, UnicodeDecodeError):
-                raise Refused(400, "bad_request", "The form could not be read.") from None
-            cookie = request.cookies.get(self.csrf_cookie, "")
-            sent = fields.get("csrf", "")
-            # login CSRF: a cross-site form cannot read our cookie to copy it into the form
-            if not cookie or not sent or not hmac.compare_digest(cookie, sent):
-                raise Refused(403, "csrf", "The sign-in form expired; please try again.")
+            fields = form_fields(body)
+            # login CSRF: a forged sign-in would put the victim in the attacker's account
+            expired = "The sign-in form expired; please try again."
+            check_csrf(request, self.csrf_cookie, fields, expired)
             username, password = fields.get("username"), fields.get("password")
             next_target = fields.get("next", "/")
         if not isinstance(username, str) or not isinstance(password, str) or not username:

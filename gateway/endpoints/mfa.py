@@ -15,13 +15,10 @@ endpoints (gateway.endpoints.webauthn) use the same subject and completion.
 
 from __future__ import annotations
 
-import hmac
 import html
-import json
 import logging
 import secrets
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,7 +35,10 @@ from gateway.core.responses import PAGE_CSP_SCRIPT
 from gateway.endpoints.common import (
     HEADERS,
     Refused,
+    check_csrf,
+    form_fields,
     json_error,
+    json_object,
     read_body,
     same_origin,
     wants_json,
@@ -188,23 +188,9 @@ class MfaStep:
             raise Refused(403, "cross_origin", "Cross-site requests are not allowed here.")
         body = await read_body(request)
         if as_json:
-            try:
-                data = json.loads(body) if body else {}
-            except (ValueError, UnicodeDecodeError):
-                raise Refused(400, "bad_request", "The body is not valid JSON.") from None
-            if not isinstance(data, dict):
-                raise Refused(400, "bad_request", "Send a JSON object.")
-            return data
-        try:
-            fields = dict(
-                parse_qsl(body.decode("utf-8"), max_num_fields=20, keep_blank_values=True)
-            )
-        except (ValueError, UnicodeDecodeError):
-            raise Refused(400, "bad_request", "The form could not be read.") from None
-        cookie = request.cookies.get(self.csrf_cookie, "")
-        sent = fields.get("csrf", "")
-        if not cookie or not sent or not hmac.compare_digest(cookie, sent):
-            raise Refused(403, "csrf", "The form expired; please try again.")
+            return json_object(body, empty=True)
+        fields = form_fields(body)
+        check_csrf(request, self.csrf_cookie, fields, "The form expired; please try again.")
         return fields
 
     def _own_origin(self, request: Request) -> set[str]:

@@ -92,21 +92,23 @@ def render_error_page(status: int, detail: str, prefix: str = "/.auth") -> str:
     return render_message(prefix=prefix, title=TITLES.get(status, "Error"), detail=detail)
 
 
-def render_card(*, prefix: str, title: str, body: str, scripts: Sequence[str] = ()) -> str:
+def render_card(
+    *, prefix: str, title: str, body: str, scripts: Sequence[str] = (), wide: bool = False
+) -> str:
     """A page in the sign-in card's look; `body` is HTML the caller escaped already, each of
-    `scripts` a same-origin script path (the WebAuthn calls)."""
+    `scripts` a same-origin script path (the WebAuthn calls); `wide`: the account page's
+    wider card, from the top of the page."""
     tags = "\n".join(f'<script src="{html.escape(src)}" defer></script>' for src in scripts)
     return _template("card.html").substitute(
-        prefix=html.escape(prefix), title=html.escape(title), body=body, scripts=tags
+        prefix=html.escape(prefix),
+        title=html.escape(title),
+        body=body,
+        scripts=tags,
+        body_class=' class="account-page"' if wide else "",
+        classes="card account" if wide else "card",
     )
 
 
 def render_account(*, prefix: str, title: str, body: str, wide: bool = True) -> str:
-    """The account page (or one of its sub-pages) in the card's look, wider by default;
-    `body` is HTML the caller escaped already. No script."""
-    return _template("account.html").substitute(
-        prefix=html.escape(prefix),
-        title=html.escape(title),
-        body=body,
-        classes="card account" if wide else "card",
-    )
+    """The account page (or one of its sub-pages): a card page, wider by default. No script."""
+    return render_card(prefix=prefix, title=title, body=body, wide=wide)
