@@ -195,7 +195,7 @@ def test_a_user_with_300_roles_signs_in_in_a_browser_and_stays_signed_in(
         expect(page.get_by_label("Username")).to_be_focused()
         page.get_by_label("Username").fill(BIG[0])
         page.get_by_label("Password").fill(BIG[1])
-        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("button", name="Sign in", exact=True).click()
         # the route wants group-0299-team, past what the roles header can hold
         page.wait_for_url(f"{site}/app/report?m={m}")
         seen = json.loads(page.locator("body").inner_text())

@@ -100,12 +100,12 @@ def test_sign_in_reach_the_page_and_sign_out_in_a_browser(browser, gw: Gateway) 
         # a wrong password shows an error on the same form
         page.get_by_label("Username").fill("alice")
         page.get_by_label("Password").fill("not-the-password")
-        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("button", name="Sign in", exact=True).click()
         expect(page.get_by_role("alert")).to_be_visible()
         assert urlsplit(page.url).path == "/.auth/login"
 
         page.get_by_label("Password").fill(password)
-        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("button", name="Sign in", exact=True).click()
         page.wait_for_url(f"{site}/reports/weekly?year=2026")
         expect(page.locator("#user")).to_have_text("alice")
         expect(page.locator("#roles")).to_have_text("staff")

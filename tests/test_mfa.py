@@ -218,6 +218,26 @@ def test_wrong_codes_count_and_lock_even_the_right_code(gateway_factory, upstrea
     assert kinds.count("mfa.failed") >= 2 and "mfa.locked" in kinds
 
 
+def test_the_right_password_does_not_reset_wrong_codes(gateway_factory, upstream):
+    """A thief who holds the password signs in again between guesses: the count of wrong
+    codes goes on (the password alone, while a factor is due, forgets no failure)."""
+    gw = start(gateway_factory, upstream)  # max_failures = 3
+    _, secret, _, _ = enroll(gw)
+    wrong = next(c for c in ("000000", "111111", "222222") if c not in _codes_now(secret))
+    for _ in range(3):
+        client, handle, _ = pending(gw)
+        r = client.post("/.auth/mfa/totp", json={"code": wrong, "pending": handle})
+        assert r.status_code == 401, r.text
+    refused = gw.client().post(
+        "/.auth/login", json={"username": "alice", "password": USERS["alice"][0]}
+    )
+    assert refused.status_code == 429, refused.text
+
+
+def _codes_now(secret: str) -> set[str]:
+    return {code(secret, offset) for offset in (-30, 0, 30)}
+
+
 @pytest.mark.parametrize(
     "handle",
     ["garbage", "A" * 43, "x" * 200, "../../etc/passwd", ""],
@@ -504,7 +524,7 @@ def test_enroll_and_sign_in_with_a_code_in_a_browser(browser, gateway_factory, u
         assert urlsplit(page.url).path == "/.auth/login"
         page.get_by_label("Username").fill("alice")
         page.get_by_label("Password").fill(USERS["alice"][0])
-        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("button", name="Sign in", exact=True).click()
         page.wait_for_url(lambda u: urlsplit(u).path == "/.auth/mfa")
         expect(page.locator(".qr svg")).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "mfa-enroll.png"), full_page=True)
@@ -523,7 +543,7 @@ def test_enroll_and_sign_in_with_a_code_in_a_browser(browser, gateway_factory, u
         page.goto(f"{site}/secure/report")
         page.get_by_label("Username").fill("alice")
         page.get_by_label("Password").fill(USERS["alice"][0])
-        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("button", name="Sign in", exact=True).click()
         page.wait_for_url(lambda u: urlsplit(u).path == "/.auth/mfa")
         expect(page.locator("#code")).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "mfa-factor.png"))

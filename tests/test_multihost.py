@@ -628,7 +628,7 @@ def _sign_in_page(page: object, shot: Path | None = None) -> None:
         page.screenshot(path=str(shot))
     page.get_by_label("Username").fill("alice")
     page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
 
 
 def test_chromium_signs_in_once_for_three_hosts_and_signs_out_everywhere(

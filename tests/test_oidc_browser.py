@@ -81,7 +81,7 @@ def _at_the_provider(page: object, provider: OidcProvider, login: str, password:
     expect(page.locator("form#login")).to_be_visible()
     page.get_by_label("Username").fill(login)
     page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_role("heading", name="Authorize")).to_be_visible()
     page.get_by_role("button", name="Allow").click()
 
@@ -100,7 +100,7 @@ def test_chromium_signs_in_at_the_provider_and_reaches_the_app(chromium, gw, pro
         assert parse_qs(url.query)["next"] == ["/reports/weekly?year=2026"]
         expect(page.get_by_label("Username")).to_be_visible()
         expect(page.get_by_label("Password")).to_be_visible()
-        expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+        expect(page.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
         providers = page.get_by_role("navigation", name="Sign in with")
         expect(providers.get_by_role("link")).to_have_text(
             ["Sign in with Corp", "Sign in with other"]

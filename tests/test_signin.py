@@ -148,11 +148,26 @@ async def test_a_good_sign_in_forgets_earlier_failures(rt):
     for _ in range(MAX_FAILURES - 1):
         with pytest.raises(InvalidCredentials):
             await rt.signin.sign_in("alice", "guess", "192.0.2.1")
-    assert await rt.signin.sign_in("alice", "alice-password-1", "192.0.2.1") == ALICE
+    signed = await rt.signin.sign_in("alice", "alice-password-1", "192.0.2.1")
+    assert signed == ALICE
+    await rt.signin.completed(signed)
     for _ in range(MAX_FAILURES - 1):
         with pytest.raises(InvalidCredentials):
             await rt.signin.sign_in("alice", "guess", "192.0.2.1")
     assert await rt.signin.sign_in("alice", "alice-password-1", "192.0.2.1") == ALICE
+
+
+async def test_the_password_alone_forgets_no_failure_while_a_factor_is_due(rt):
+    """sign_in does not forget: the caller does once the sign-in is whole, so a right
+    password before a second factor leaves the count of wrong passwords and codes as it is."""
+    for _ in range(MAX_FAILURES - 1):
+        with pytest.raises(InvalidCredentials):
+            await rt.signin.sign_in("alice", "guess", "192.0.2.1")
+    assert await rt.signin.sign_in("alice", "alice-password-1", "192.0.2.1") == ALICE
+    with pytest.raises(InvalidCredentials):
+        await rt.signin.sign_in("alice", "guess", "192.0.2.1")
+    with pytest.raises(LockedOut):
+        await rt.signin.sign_in("alice", "alice-password-1", "192.0.2.1")
 
 
 async def test_one_address_trying_many_users_is_locked_out(rt):

@@ -83,7 +83,7 @@ async def second_factor_due(rt: Runtime, user_id: str) -> tuple[str, ...] | None
     """After a first factor: None when it is enough; else the user's second factors
     (`()`: none enrolled yet, with `[mfa] required`: enrollment is due)."""
     mfa = rt.config.mfa
-    if not (mfa.totp or mfa.webauthn):
+    if not (mfa.totp or rt.config.webauthn_on):
         return None
     methods = usable_methods(rt, await rt.factors.methods(user_id))
     if methods:
@@ -93,8 +93,10 @@ async def second_factor_due(rt: Runtime, user_id: str) -> tuple[str, ...] | None
 
 def usable_methods(rt: Runtime, methods: tuple[str, ...]) -> tuple[str, ...]:
     """The enrolled kinds this config takes (recovery only beside a factor it takes)."""
-    mfa = rt.config.mfa
+    config = rt.config
     kinds = tuple(
-        m for m in methods if (m == "totp" and mfa.totp) or (m == "webauthn" and mfa.webauthn)
+        m
+        for m in methods
+        if (m == "totp" and config.mfa.totp) or (m == "webauthn" and config.webauthn_on)
     )
     return (*kinds, "recovery") if kinds and "recovery" in methods else kinds

@@ -8,7 +8,7 @@ Methods know nothing of HTTP: the endpoints read the request and map the refusal
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.auth.limits import LoginLimiter
 from gateway.sources.base import SERVICE_PREFIX, UserBackend, WrongPassword, canonical_username
@@ -27,6 +27,10 @@ class SignedIn:
     amr: tuple[str, ...]
     # what the source finds the user by again at refresh, when that is not user_id
     username: str = ""
+    # the login-limit counters this sign-in counts under: the canonical name typed, and the
+    # entry's id when another (PasswordSignIn.completed forgets their failures)
+    limit_name: str = field(default="", compare=False)
+    limit_account: str = field(default="", compare=False)
 
 
 class SignInRefused(Exception):
@@ -106,5 +110,13 @@ class PasswordSignIn:
             # taken for theirs (README "Identities from several sources")
             log.warning("sign-in refused: source id %r has a reserved prefix", user.id[:80])
             raise InvalidCredentials(name)
-        await self.limiter.succeeded(name, account)
-        return SignedIn(user.id, tuple(user.roles), self.source_name, self.amr, user.name)
+        # the failures are forgotten by the caller once the sign-in is whole: a password right
+        # while a second factor is due must not reset the count of wrong codes (a thief who
+        # holds the password could otherwise guess codes forever, two at a time)
+        return SignedIn(
+            user.id, tuple(user.roles), self.source_name, self.amr, user.name, name, account
+        )
+
+    async def completed(self, signed: SignedIn) -> None:
+        """The sign-in is whole (no second factor due): its earlier failures are forgotten."""
+        await self.limiter.succeeded(signed.limit_name, signed.limit_account)

@@ -264,6 +264,11 @@ class Config:
         return self.mfa.rp_id or (urlsplit(self.server.public_url).hostname or "")
 
     @property
+    def webauthn_on(self) -> bool:
+        """Security keys and passkeys offered (webauthn_usable)."""
+        return webauthn_usable(self.mfa, self.server.public_url)
+
+    @property
     def cookie_secure(self) -> bool:
         """Secure cookies unless told otherwise or serving plain http on localhost."""
         if isinstance(self.session.secure, bool):
@@ -281,3 +286,16 @@ class Config:
         if self.cookie_secure:
             return ("__Secure-" if self.session.domain else "__Host-") + self.session.cookie
         return self.session.cookie
+
+
+def webauthn_usable(mfa: MfaConfig, public_url: str) -> bool:
+    """`[mfa] webauthn` with a relying party that is a domain name: browsers refuse an IP
+    address as one, so with public_url on an IP security keys cannot work and are not offered."""
+    rp_id = mfa.rp_id or (urlsplit(public_url).hostname or "")
+    if not mfa.webauthn or not rp_id:
+        return False
+    try:
+        ipaddress.ip_address(rp_id)
+    except ValueError:
+        return True
+    return False

@@ -38,6 +38,7 @@ from gateway.config.model import (
     TelemetryConfig,
     UsersSource,
     local_url,
+    webauthn_usable,
 )
 from gateway.core.casefold import ascii_lower
 
@@ -191,11 +192,14 @@ def validate_config(
 
     routes = _routes(raw.get("routes"), identity, auth.prefix, errors, require_upstream)
     stepped_up = [index for index, route in enumerate(routes) if route.mfa]
-    if (stepped_up or mfa.required) and not (mfa.totp or mfa.webauthn):
+    if (stepped_up or mfa.required) and not (mfa.totp or webauthn_usable(mfa, server.public_url)):
         where = "mfa.required" if mfa.required else f"routes[{stepped_up[0]}].mfa"
-        errors.append(
-            f"{where}: asks for a second factor, but [mfa] turns both totp and webauthn off"
+        why = (
+            "webauthn needs server.public_url on a domain name, not an IP address"
+            if mfa.webauthn
+            else "[mfa] turns both totp and webauthn off"
         )
+        errors.append(f"{where}: asks for a second factor, but {why}")
     for index, route in enumerate(routes):
         if route.pass_access_token and not auth.oidc:
             errors.append(

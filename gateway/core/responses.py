@@ -15,9 +15,10 @@ PAGE_CSP = (
     b"default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; "
     + b"base-uri 'none'"
 )
-# a page that makes the WebAuthn calls runs the gateway's own script, and no other
+# a page that makes the WebAuthn calls runs the gateway's own script, and no other, which
+# fetches the ceremony's options from the gateway itself
 PAGE_CSP_SCRIPT = PAGE_CSP.replace(
-    b"default-src 'none';", b"default-src 'none'; script-src 'self';"
+    b"default-src 'none';", b"default-src 'none'; script-src 'self'; connect-src 'self';"
 )
 SECURITY_HEADERS: tuple[Header, ...] = (
     (b"cache-control", b"no-store"),

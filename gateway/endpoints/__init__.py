@@ -52,7 +52,7 @@ class Endpoints:
                 Route(f"{p}/health", health.health, methods=["GET"]),
                 Route(f"{p}/ready", health.ready, methods=["GET"]),
                 Route(f"{p}/static/gateway.css", health.css, methods=["GET"]),
-                *WebAuthnSteps(rt, mfa).routes(p),
+                *WebAuthnSteps(rt, mfa, login).routes(p),
                 *Account(rt, core, mfa).routes(p),
             ],
         )

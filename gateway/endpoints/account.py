@@ -10,6 +10,9 @@ password.
     POST /account/sessions/revoke-others  every session of this user but this one
     POST /account/password                current= new= confirm=  (users = "file" only)
 
+A security key is added by the page's WebAuthn button, through {prefix}/mfa/webauthn/register
+(gateway.endpoints.webauthn) with next={prefix}/account.
+
 Every form is same-origin and CSRF-checked (MfaStep.fields). A user with second factors sees
 the page only from a session that entered one. Sessions are named in forms by a hash of
 their id, looked up among the user's own sessions only: no form can name another's.
@@ -37,10 +40,11 @@ from gateway.auth.signin import InvalidCredentials, LockedOut, SourceUnavailable
 from gateway.core.context import Identity, context_of
 from gateway.core.decide import Core
 from gateway.core.policy import has_second_factor
+from gateway.core.responses import PAGE_CSP_SCRIPT
 from gateway.endpoints.common import HEADERS, Refused, json_error, wants_json
 from gateway.endpoints.mfa import MfaStep, Subject
 from gateway.mfa.totp import check_code, provisioning_uri, qr_svg
-from gateway.pages import render_account
+from gateway.pages import render_account, webauthn_box
 from gateway.runtime import Runtime
 from gateway.sources.base import MAX_PASSWORD_BYTES, canonical_username
 from gateway.sources.file import UsersFileError, set_user
@@ -58,6 +62,7 @@ NOTICES = {
     "others_ended": "Every other session was signed out.",
     "password_changed": "Your password was changed; your other sessions were signed out.",
     "totp_added": "The authenticator app was added.",
+    "key_added": "The security key was added.",
 }
 
 
@@ -199,6 +204,15 @@ class Account:
             if rt.config.mfa.totp
             else ""
         )
+        if rt.config.webauthn_on:
+            add += webauthn_box(
+                kind="register",
+                prefix=self.prefix,
+                action=f"{self.prefix}/mfa/webauthn/register",
+                button="Add a security key or passkey",
+                fields={"csrf": token, "next": f"{self.prefix}/account?notice=key_added"},
+                name_field=True,
+            )
         parts.append(
             '<section aria-labelledby="factors"><h2 id="factors">Two-step verification</h2>'
             f"{listing}{add}{self._webauthn_hint(methods, confirmed)}</section>"
@@ -267,8 +281,13 @@ class Account:
                 'autocomplete="new-password" required>'
                 '<button type="submit">Change password</button></form></section>'
             )
-        page = render_account(prefix=self.prefix, title="Your account", body="".join(parts))
+        scripts = (f"{self.prefix}/static/webauthn.js",) if rt.config.webauthn_on else ()
+        page = render_account(
+            prefix=self.prefix, title="Your account", body="".join(parts), scripts=scripts
+        )
         response = Response(page, status, media_type="text/html", headers=HEADERS)
+        if scripts:
+            response.headers["content-security-policy"] = PAGE_CSP_SCRIPT.decode()
         response.headers.append(
             "set-cookie", f"{self.mfa.csrf_cookie}={token}; Max-Age=3600; {self.mfa.csrf_attrs}"
         )
@@ -536,6 +555,7 @@ class Account:
             raise Refused(503, "source_unavailable", "Try again in a moment.") from None
         if signed.user_id != identity.sub:
             raise Refused(401, "wrong_password", "The current password is not right.")
+        await self.rt.signin.completed(signed)
         try:
             await asyncio.to_thread(
                 set_user, self.rt.config.auth.users_file, identity.sub, new, None

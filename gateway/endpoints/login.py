@@ -16,7 +16,7 @@ from gateway.auth.roles import TOO_MANY_ROLES, fits_store
 from gateway.auth.signin import InvalidCredentials, LockedOut, SourceUnavailable
 from gateway.core.context import context_of
 from gateway.core.decide import Core
-from gateway.core.responses import PAGE_CSP
+from gateway.core.responses import PAGE_CSP, PAGE_CSP_SCRIPT
 from gateway.endpoints.common import (
     HEADERS,
     Refused,
@@ -33,7 +33,7 @@ from gateway.endpoints.mfa import MfaStep
 from gateway.mfa.pending import Pending
 from gateway.pages import render_login
 from gateway.runtime import Runtime
-from gateway.sources.base import MAX_PASSWORD_BYTES, canonical_username, encodable
+from gateway.sources.base import MAX_PASSWORD_BYTES, encodable
 from gateway.store.base import StoreUnavailable
 
 log = logging.getLogger("gateway.login")
@@ -59,8 +59,11 @@ class Login:
         self.handoff = Handoff(rt, self.redirects)
         # `users = "none"`: no password form, no password ever checked (providers only)
         self.password_form = config.auth.users != "none"
+        # "Sign in with a passkey": for users of the password source, so not with providers only
+        self.passkeys = config.webauthn_on and self.password_form
 
-    def _form(self, status: int, next_target: str, username: str = "", error: str = "") -> Response:
+    def form(self, status: int, next_target: str, username: str = "", error: str = "") -> Response:
+        """The sign-in page (with `error` said on it) and its CSRF cookie."""
         token = secrets.token_urlsafe(32)
         dest = None if next_target.startswith("/") else self.redirects.destination(next_target)
         page = render_login(
@@ -79,13 +82,15 @@ class Login:
                 )
                 for p in self.rt.oidc.providers.values()
             ],
+            passkey=self.passkeys,
         )
         response = Response(page, status, media_type="text/html", headers=HEADERS)
+        # the passkey button runs the gateway's script; without it the page runs none
+        csp = (PAGE_CSP_SCRIPT if self.passkeys else PAGE_CSP).decode()
         if dest is not None:
             # CSP form-action binds every redirect after the submit: let it reach `next`'s origin
-            response.headers["content-security-policy"] = PAGE_CSP.decode().replace(
-                "form-action 'self'", f"form-action 'self' {dest.origin}"
-            )
+            csp = csp.replace("form-action 'self'", f"form-action 'self' {dest.origin}")
+        response.headers["content-security-policy"] = csp
         response.headers.append(
             "set-cookie", f"{self.csrf_cookie}={token}; Max-Age=3600; {self.csrf_attrs}"
         )
@@ -102,7 +107,7 @@ class Login:
         dest = None if next_target.startswith("/") else self.redirects.destination(next_target)
         if dest is not None and identity is not None and identity.source == "cookie":
             return self.handoff.continue_signed_in(request, dest)
-        return self._form(200, next_target)
+        return self.form(200, next_target)
 
     async def _credentials(self, request: Request, as_json: bool) -> tuple[str, str, str]:
         body = await read_body(request)
@@ -142,7 +147,7 @@ class Login:
         except Refused as exc:
             if as_json:
                 return json_error(exc.status, exc.code, exc.detail, exc.headers)
-            response = self._form(exc.status, next_target, username, exc.detail)
+            response = self.form(exc.status, next_target, username, exc.detail)
             response.headers.update(exc.headers)
             return response
         except (StoreUnavailable, SourceUnavailable) as exc:
@@ -210,8 +215,8 @@ class Login:
                 next_target=next_target,
                 username=signed_in.username,
                 typed=username,
-                limit_name=canonical_username(username),
-                limit_account="" if user_id == canonical_username(username) else user_id,
+                limit_name=signed_in.limit_name,
+                limit_account=signed_in.limit_account,
                 started=rt.clock(),
             )
             response = await self.mfa.challenge(request, pending, due, as_json)
@@ -219,6 +224,7 @@ class Login:
                 "set-cookie", f"{self.csrf_cookie}=; Max-Age=0; {self.csrf_attrs}"
             )
             return response
+        await rt.signin.completed(signed_in)
         begun = await begin_session(
             rt,
             ctx.identity,

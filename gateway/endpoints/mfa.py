@@ -18,7 +18,9 @@ from __future__ import annotations
 import html
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -48,12 +50,15 @@ from gateway.mfa import AMR
 from gateway.mfa.factors import user_key
 from gateway.mfa.pending import PENDING_TTL, Pending
 from gateway.mfa.totp import check_code, matching_step, new_secret, provisioning_uri, qr_svg
-from gateway.pages import render_card
+from gateway.pages import render_card, webauthn_box
 from gateway.runtime import Runtime
 from gateway.sources.base import canonical_username
 from gateway.store.base import StoreUnavailable
 
 log = logging.getLogger("gateway.mfa")
+
+# judges one submission for its subject and completes it (MfaStep.submit): a Response, or Refused
+Check = Callable[[Request, "Subject", tuple[str, ...], dict, bool], Awaitable[Response]]
 
 ENROLL_TTL = 600.0  # an enrollment secret shown on the page waits this long for its first code
 CONFIRM_TTL = 300.0  # a factor entered counts as "just now" for the account page this long
@@ -97,7 +102,7 @@ class MfaStep:
         self.cookie_attrs = "Path=/; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")
         self.csrf_cookie = config.cookie_name + "_csrf"
         self.csrf_attrs = "Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
-        self.webauthn_on = False  # the WebAuthn ceremonies are not built yet (issue 14)
+        self.webauthn_on = config.webauthn_on
 
     # -- from sign-in ---------------------------------------------------------------------
 
@@ -244,7 +249,7 @@ class MfaStep:
                 return JSONResponse({"methods": list(methods), "enroll": False}, headers=HEADERS)
             return self._factor_page(subject, methods)
         except StoreUnavailable as exc:
-            return self._unavailable(exc)
+            return self.unavailable(exc)
 
     def _no_subject(self, as_json: bool) -> Response:
         if as_json:
@@ -263,11 +268,13 @@ class MfaStep:
         ]
         if "webauthn" in methods:
             parts.append(
-                f'<div data-webauthn="authenticate" data-prefix="{p}" '
-                f'data-next="{html.escape(subject.next_target)}" hidden>'
-                '<button type="button" class="secondary" data-webauthn-button>'
-                "Use a security key or passkey</button>"
-                '<p class="error" role="alert" data-webauthn-error hidden></p></div>'
+                webauthn_box(
+                    kind="authenticate",
+                    prefix=self.prefix,
+                    action=f"{self.prefix}/mfa/webauthn/authenticate",
+                    button="Use a security key or passkey",
+                    fields=_hidden_fields(token, subject),
+                )
             )
         if "totp" in methods:
             parts.append(
@@ -331,11 +338,14 @@ class MfaStep:
             if secret:
                 parts.append('<p class="or"><span>or</span></p>')
             parts.append(
-                f'<div data-webauthn="register" data-prefix="{p}" '
-                f'data-next="{html.escape(subject.next_target)}" hidden>'
-                '<button type="button" class="secondary" data-webauthn-button>'
-                "Add a security key or passkey</button>"
-                '<p class="error" role="alert" data-webauthn-error hidden></p></div>'
+                webauthn_box(
+                    kind="register",
+                    prefix=self.prefix,
+                    action=f"{self.prefix}/mfa/webauthn/register",
+                    button="Add a security key or passkey",
+                    fields=_hidden_fields(token, subject),
+                    name_field=True,
+                )
             )
         return self._card("Set up two-step verification", "".join(parts), token, status)
 
@@ -372,16 +382,21 @@ class MfaStep:
 
     async def totp(self, request: Request) -> Response:
         """POST code=: a code of one of the subject's authenticator apps."""
-        return await self._submit(request, "totp")
+        return await self.submit(request, "totp", partial(self._check_code, "totp"))
 
     async def recovery(self, request: Request) -> Response:
         """POST code=: one of the subject's recovery codes, used up by this."""
-        return await self._submit(request, "recovery")
+        return await self.submit(request, "recovery", partial(self._check_code, "recovery"))
 
     async def enroll_totp(self, request: Request) -> Response:
         """POST code= [name=]: the first code of the authenticator app the enrollment page
         showed; enrolls it, and, for a first factor, makes the recovery codes."""
-        return await self._submit(request, "enroll")
+        return await self.submit(request, "enroll", self._enroll)
+
+    async def confirmed_now(self, sid: str, method: str) -> None:
+        """This session entered a second factor just now (what `recently_confirmed` reads)."""
+        now = self.rt.clock()
+        await self.rt.store.put_record(f"mfa-confirmed:{sid}", method, now, now + CONFIRM_TTL)
 
     async def recently_confirmed(self, identity: Identity) -> bool:
         """True for a few minutes after this session entered a second factor (the account
@@ -389,7 +404,10 @@ class MfaStep:
         key = f"mfa-confirmed:{identity.sid}"
         return await self.rt.store.get_record(key, self.rt.clock()) is not None
 
-    async def _submit(self, request: Request, kind: str) -> Response:
+    async def submit(self, request: Request, kind: str, check: Check) -> Response:
+        """A factor step's submission: read it (form with CSRF, or JSON), find its subject,
+        let `check` judge it and complete; a refusal is the page again with the error (JSON:
+        the error shape). `kind` "enroll" and "register" add a factor; the others prove one."""
         as_json = wants_json(request)
         subject: Subject | None = None
         methods: tuple[str, ...] = ()
@@ -401,27 +419,11 @@ class MfaStep:
                     401, "unauthenticated", "Sign in first; the sign-in may have expired."
                 )
             methods = await self.methods(subject)
-            code = fields.get("code")
-            if not isinstance(code, str) or not code.strip() or len(code) > _MAX_CODE:
-                raise Refused(400, "bad_request", "Enter the code.")
-            if kind == "enroll":
-                return await self._enroll(request, subject, methods, code, fields, as_json)
-            if kind == "totp" and "totp" not in methods:
-                raise Refused(400, "not_enrolled", "No authenticator app is set up.")
-            if kind == "recovery" and "recovery" not in methods:
-                raise Refused(400, "not_enrolled", "No recovery codes are left.")
-            await self.locked(request, subject)
-            if kind == "totp":
-                ok = await check_code(self.rt.factors, subject.user_id, code, self.rt.clock)
-            else:
-                ok = await self.rt.factors.use_recovery(subject.user_id, code)
-            if not ok:
-                raise await self.failed(request, subject, kind, "wrong_code")
-            return await self.complete(request, subject, kind, as_json)
+            return await check(request, subject, methods, fields, as_json)
         except Refused as exc:
             if as_json or subject is None:
                 return json_error(exc.status, exc.code, exc.detail, exc.headers)
-            if kind == "enroll" and not methods:
+            if kind in ("enroll", "register") and not methods:
                 secret = await self.enroll_secret(subject) if self.rt.config.mfa.totp else ""
                 account = subject.username or subject.user_id
                 uri = provisioning_uri(secret, account, self.rt.config.mfa.issuer) if secret else ""
@@ -431,22 +433,50 @@ class MfaStep:
             response.headers.update(exc.headers)
             return response
         except StoreUnavailable as exc:
-            return self._unavailable(exc)
+            return self.unavailable(exc)
+
+    async def _check_code(
+        self,
+        kind: str,
+        request: Request,
+        subject: Subject,
+        methods: tuple[str, ...],
+        fields: dict,
+        as_json: bool,
+    ) -> Response:
+        """A code of `kind`: "totp" (an authenticator app's) or "recovery"."""
+        code = _code(fields)
+        if kind == "totp" and "totp" not in methods:
+            raise Refused(400, "not_enrolled", "No authenticator app is set up.")
+        if kind == "recovery" and "recovery" not in methods:
+            raise Refused(400, "not_enrolled", "No recovery codes are left.")
+        await self.locked(request, subject)
+        if kind == "totp":
+            ok = await check_code(self.rt.factors, subject.user_id, code, self.rt.clock)
+        else:
+            ok = await self.rt.factors.use_recovery(subject.user_id, code)
+        if not ok:
+            raise await self.failed(request, subject, kind, "wrong_code")
+        return await self.complete(request, subject, kind, as_json)
+
+    def may_add(self, subject: Subject, methods: tuple[str, ...]) -> None:
+        """Refused unless this subject may add a factor now: a first one on the way in, or
+        another from a session that entered a second factor."""
+        if methods and not (subject.identity is not None and subject.stepped_up):
+            raise Refused(403, "step_up_required", "Confirm a second factor you have first.")
 
     async def _enroll(
         self,
         request: Request,
         subject: Subject,
         methods: tuple[str, ...],
-        code: str,
         fields: dict,
         as_json: bool,
     ) -> Response:
         if not self.rt.config.mfa.totp:
             raise Refused(404, "totp_off", "Authenticator apps are turned off here.")
-        # a first factor may be enrolled on the way in; another needs a second factor first
-        if methods and not (subject.identity is not None and subject.stepped_up):
-            raise Refused(403, "step_up_required", "Confirm a second factor you have first.")
+        code = _code(fields)
+        self.may_add(subject, methods)
         await self.locked(request, subject)
         key = f"mfa-enroll:{user_key(subject.user_id)}"
         value = await self.rt.store.get_record(key, self.rt.clock())
@@ -461,8 +491,7 @@ class MfaStep:
         step = matching_step(secret, code, self.rt.clock())
         if step is None:
             raise await self.failed(request, subject, "totp", "wrong_enrollment_code")
-        name = fields.get("name")
-        name = name.strip()[:60] if isinstance(name, str) and name.strip() else "Authenticator app"
+        name = factor_name(fields, "Authenticator app")
         try:
             factor = await self.rt.factors.add(
                 subject.user_id, "totp", name, {"secret": secret, "last_step": step}
@@ -524,9 +553,7 @@ class MfaStep:
                 identity.sub, packed, identity.sid, amr, identity.username, ref
             )
             host = ctx.view.host or None
-        now = rt.clock()
-        # what `recently_confirmed` reads: a factor entered just now, by this session
-        await rt.store.put_record(f"mfa-confirmed:{claims.sid}", method, now, now + CONFIRM_TTL)
+        await self.confirmed_now(claims.sid, method)
         ctx.user_for_log = subject.user_id
         audit.event(
             "mfa.succeeded",
@@ -571,7 +598,8 @@ class MfaStep:
         page = render_card(prefix=self.prefix, title="Your recovery codes", body=body)
         return Response(page, 200, media_type="text/html", headers=HEADERS)
 
-    def _unavailable(self, exc: Exception) -> Response:
+    def unavailable(self, exc: Exception) -> Response:
+        """503: the store (or a source) cannot answer just now."""
         log.warning("second factor unavailable: store: %s", exc)
         metrics.store_error("mfa")
         return json_error(503, "store_unavailable", "Sign-in is unavailable; try again.")
@@ -584,11 +612,32 @@ _WRONG = {
 }
 
 
-def _hidden(csrf: str, subject: Subject) -> str:
-    out = f'<input type="hidden" name="csrf" value="{html.escape(csrf)}">'
+def _hidden_fields(csrf: str, subject: Subject) -> dict[str, str]:
+    """What a factor form carries: the CSRF token and, for a session, where to go next."""
+    fields = {"csrf": csrf}
     if subject.pending is None:
-        out += f'<input type="hidden" name="next" value="{html.escape(subject.next_target)}">'
-    return out
+        fields["next"] = subject.next_target
+    return fields
+
+
+def _hidden(csrf: str, subject: Subject) -> str:
+    return "".join(
+        f'<input type="hidden" name="{k}" value="{html.escape(v)}">'
+        for k, v in _hidden_fields(csrf, subject).items()
+    )
+
+
+def factor_name(fields: dict, default: str) -> str:
+    """The name the person gave a new factor (cut to 60 characters), or `default`."""
+    name = fields.get("name")
+    return name.strip()[:60] if isinstance(name, str) and name.strip() else default
+
+
+def _code(fields: dict) -> str:
+    code = fields.get("code")
+    if not isinstance(code, str) or not code.strip() or len(code) > _MAX_CODE:
+        raise Refused(400, "bad_request", "Enter the code.")
+    return code
 
 
 def _error(text: str) -> str:

@@ -23,6 +23,7 @@ def mfa_methods(config: Config) -> tuple[str, ...]:
     methods = []
     if config.mfa.totp:
         methods.append("totp")
-    # WebAuthn (gateway/endpoints/webauthn.py) is not offered until its ceremonies exist
+    if config.webauthn_on:
+        methods.append("webauthn")
     methods.append("recovery")
     return tuple(methods)

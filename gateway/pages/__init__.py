@@ -1,4 +1,5 @@
-"""The gateway's own pages: sign-in form, message pages and their stylesheet (no JavaScript)."""
+"""The gateway's own pages: sign-in form, message pages, their stylesheet, and the one script
+(webauthn.js: the WebAuthn calls; every page works without it but for those)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,44 @@ def stylesheet() -> bytes:
     return resources.files(__package__).joinpath("gateway.css").read_bytes()
 
 
+@cache
+def script() -> bytes:
+    """The WebAuthn calls the factor, account and sign-in pages make (their only script)."""
+    return resources.files(__package__).joinpath("webauthn.js").read_bytes()
+
+
+def webauthn_box(
+    *,
+    kind: str,
+    prefix: str,
+    action: str,
+    button: str,
+    fields: dict[str, str],
+    name_field: bool = False,
+) -> str:
+    """A security-key button for webauthn.js (`kind`: register, authenticate or passkey) and
+    the form it submits the browser's answer with; hidden until the script finds WebAuthn."""
+    hidden = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+        for k, v in fields.items()
+    )
+    name = (
+        '<label for="key-name">Name it (optional)</label>'
+        '<input id="key-name" name="name" type="text" maxlength="60" placeholder="Security key">'
+        if name_field
+        else ""
+    )
+    return (
+        f'<div class="webauthn" data-webauthn="{html.escape(kind)}" '
+        f'data-prefix="{html.escape(prefix)}" hidden>'
+        f'<form method="post" action="{html.escape(action)}">{hidden}'
+        f'<input type="hidden" name="credential" value="">{name}'
+        '<button type="button" class="secondary" data-webauthn-button>'
+        f"{html.escape(button)}</button></form>"
+        '<p class="error" role="alert" data-webauthn-error hidden></p></div>'
+    )
+
+
 def render_login(
     *,
     prefix: str,
@@ -42,9 +81,11 @@ def render_login(
     error: str = "",
     password_form: bool = True,
     providers: Sequence[tuple[str, str]] = (),
+    passkey: bool = False,
 ) -> str:
-    """The sign-in page: the password form (unless off) and a button per OpenID provider
-    (`(href, title)`, the href with `next` in it already); every value is escaped here."""
+    """The sign-in page: the password form (unless off), "Sign in with a passkey" (`passkey`)
+    and a button per OpenID provider (`(href, title)`, the href with `next` in it already);
+    every value is escaped here."""
     error_html = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
     form = ""
     if password_form:
@@ -55,19 +96,30 @@ def render_login(
             username=html.escape(username),
         )
     buttons = ""
+    if passkey:
+        buttons = webauthn_box(
+            kind="passkey",
+            prefix=prefix,
+            action=f"{prefix}/mfa/webauthn/passkey",
+            button="Sign in with a passkey",
+            fields={"csrf": csrf, "next": next_target},
+        )
     if providers:
         links = "\n".join(
             f'    <a class="button provider" href="{html.escape(href)}">{html.escape(title)}</a>'
             for href, title in providers
         )
-        separator = '<p class="or"><span>or</span></p>\n  ' if password_form else ""
-        buttons = f'{separator}<nav class="providers" aria-label="Sign in with">\n{links}\n  </nav>'
+        buttons += f'<nav class="providers" aria-label="Sign in with">\n{links}\n  </nav>'
+    if buttons and password_form:
+        buttons = '<p class="or"><span>or</span></p>\n  ' + buttons
+    scripts = f'<script src="{html.escape(prefix)}/static/webauthn.js" defer></script>'
     return _template("login.html").substitute(
         prefix=html.escape(prefix),
         site=html.escape(site),
         error=error_html,
         form=form,
         providers=buttons,
+        scripts=scripts if passkey else "",
     )
 
 
@@ -109,6 +161,9 @@ def render_card(
     )
 
 
-def render_account(*, prefix: str, title: str, body: str, wide: bool = True) -> str:
-    """The account page (or one of its sub-pages): a card page, wider by default. No script."""
-    return render_card(prefix=prefix, title=title, body=body, wide=wide)
+def render_account(
+    *, prefix: str, title: str, body: str, wide: bool = True, scripts: Sequence[str] = ()
+) -> str:
+    """The account page (or one of its sub-pages): a card page, wider by default; no script
+    but the WebAuthn calls'."""
+    return render_card(prefix=prefix, title=title, body=body, wide=wide, scripts=scripts)

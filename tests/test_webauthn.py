@@ -1,0 +1,355 @@
+"""Security keys and passkeys against real gateway processes, answered by a software
+authenticator (tests/soft_authenticator.py) that speaks the browser's JSON: registration as a
+first factor and from a session, password plus key, passkey-only sign-in, step-up, and every
+refusal: a replayed answer, another origin or relying party, a forged signature, a counter
+that went back, another user's challenge or handle, no user verification on a passkey, a
+disabled user, a removed key, lockout, CSRF and cross-site posts, an open redirect.
+Chromium with a virtual authenticator: tests/test_webauthn_browser.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.config import ConfigError, build_config
+from tests.conftest import USERS, Gateway
+from tests.soft_authenticator import SoftAuthenticator, b64
+from tests.test_mfa import JSON, audit_lines, cli, pending, start
+from tests.upstream import RecordingUpstream
+
+P = "/.auth"
+REQUIRED = "[mfa]\nrequired = true\n"
+PASSWORD = USERS["alice"][0]
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[RecordingUpstream]:
+    server = RecordingUpstream()
+    yield server
+    server.close()
+
+
+def origin(gw: Gateway) -> str:
+    return f"http://localhost:{gw.port}"
+
+
+def options(client: httpx.Client, ceremony: str, body: dict | None = None) -> dict:
+    response = client.post(f"{P}/mfa/webauthn/{ceremony}/options", json=body or {})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def register_from_session(
+    gw: Gateway, user: str = "alice"
+) -> tuple[httpx.Client, SoftAuthenticator]:
+    """A password session with no factor yet adds a key (as the account page does)."""
+    client = gw.login(user)
+    key = SoftAuthenticator(origin(gw))
+    answer = key.create(options(client, "register"))
+    done = client.post(
+        f"{P}/mfa/webauthn/register", json={"credential": answer, "name": "YubiKey 5"}
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["amr"] == ["pwd", "hwk"]
+    assert len(done.json()["recovery_codes"]) == 10
+    return client, key
+
+
+def second_factor(
+    gw: Gateway, key: SoftAuthenticator, user: str = "alice", **lie
+) -> httpx.Response:
+    """Password, then the key's answer (told to lie by `lie`) to the pending sign-in."""
+    client, handle, doc = pending(gw, user)
+    assert "webauthn" in doc["methods"]
+    opts = options(client, "authenticate", {"pending": handle})
+    return client.post(
+        f"{P}/mfa/webauthn/authenticate",
+        json={"pending": handle, "credential": key.get(opts, **lie)},
+    )
+
+
+def reasons(gw: Gateway, event: str) -> list[str]:
+    return [line.get("reason") for line in audit_lines(gw) if line["event"] == event]
+
+
+# -- registration and the second factor -----------------------------------------------------
+
+
+def test_a_key_enrolled_at_the_first_sign_in_is_the_second_factor_after(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream, REQUIRED)
+    client, handle, doc = pending(gw, "bob")
+    assert doc["enroll"] is True
+    key = SoftAuthenticator(origin(gw))
+    opts = options(client, "register", {"pending": handle})
+    assert opts["rp"]["id"] == "localhost"
+    assert opts["authenticatorSelection"]["residentKey"] == "preferred"
+    assert opts["authenticatorSelection"]["userVerification"] == "preferred"
+    # the user is named by a random handle, never by the id
+    assert opts["user"]["id"] != b64(b"bob") and len(opts["user"]["id"]) >= 43
+    done = client.post(
+        f"{P}/mfa/webauthn/register",
+        json={"pending": handle, "credential": key.create(opts), "name": "Desk key"},
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["amr"] == ["pwd", "hwk"] and len(done.json()["recovery_codes"]) == 10
+    assert client.get("/secure/x", headers=JSON).status_code == 200
+
+    # next time: the password, then the key; the token, /me and the assertion carry hwk
+    ok = second_factor(gw, key, "bob")
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["amr"] == ["pwd", "hwk"]
+    listed = cli(gw, "mfa", "list", "bob")
+    assert listed.returncode == 0 and "webauthn" in listed.stdout and "Desk key" in listed.stdout
+    token = ok.cookies.get("gw_session") or ""
+    assert jwt.decode(token, options={"verify_signature": False})["amr"] == ["pwd", "hwk"]
+    # the counter the key reported is kept: the same answer count again is a clone
+    assert key.counter == 1
+    again = second_factor(gw, key, "bob", counter=1)
+    assert again.status_code == 401 and again.json()["error"] == "invalid_code"
+    assert reasons(gw, "mfa.failed")[-1] == "counter_went_back"
+
+
+def test_a_password_session_steps_up_with_a_key_it_adds(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream)
+    client = gw.login("alice")
+    refused = client.get("/secure/x", headers=JSON)
+    assert refused.status_code == 401
+    assert refused.json()["methods"] == ["totp", "webauthn", "recovery"]
+    sid = client.get(f"{P}/me", headers=JSON).json()["sid"]
+    key = SoftAuthenticator(origin(gw))
+    done = client.post(
+        f"{P}/mfa/webauthn/register", json={"credential": key.create(options(client, "register"))}
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["sid"] == sid and done.json()["amr"] == ["pwd", "hwk"]
+    assert client.get("/secure/x", headers=JSON).status_code == 200
+    # another key needs a session that entered a factor: this one did
+    second = SoftAuthenticator(origin(gw))
+    added = client.post(
+        f"{P}/mfa/webauthn/register",
+        json={"credential": second.create(options(client, "register")), "name": "Spare"},
+    )
+    assert added.status_code == 200, added.text
+    assert "recovery_codes" not in added.json()
+    # the first key is excluded from a new registration's options (no double enrollment)
+    excluded = options(client, "register")["excludeCredentials"]
+    assert {c["id"] for c in excluded} == {b64(key.credential_id), b64(second.credential_id)}
+
+
+def test_adding_a_key_needs_a_second_factor_first(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream)
+    old = gw.login("alice")  # password only, before any factor existed
+    register_from_session(gw, "alice")
+    # that old session, and a pending sign-in, cannot add a key beside the existing one
+    refused = old.post(f"{P}/mfa/webauthn/register/options", json={})
+    assert refused.status_code == 403 and refused.json()["error"] == "step_up_required"
+    client, handle, _ = pending(gw, "alice")
+    refused = client.post(f"{P}/mfa/webauthn/register/options", json={"pending": handle})
+    assert refused.status_code == 403 and refused.json()["error"] == "step_up_required"
+    # nor can anyone with no session and no pending sign-in ask for options at all
+    nobody = gw.client().post(f"{P}/mfa/webauthn/register/options", json={})
+    assert nobody.status_code == 401
+
+
+LIES = {
+    "another origin": {"origin": "http://evil.test"},
+    "another relying party": {"rp_id": "evil.test"},
+    "a signature by another key": {"signer": ec.generate_private_key(ec.SECP256R1())},
+}
+
+
+@pytest.mark.parametrize("lie", LIES.values(), ids=LIES.keys())
+def test_an_answer_that_does_not_hold_is_refused_and_counted(gateway_factory, upstream, lie):
+    gw = start(gateway_factory, upstream)
+    _, key = register_from_session(gw)
+    refused = second_factor(gw, key, **lie)
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"] == "invalid_code"
+    assert "gw_session" not in refused.cookies
+    assert reasons(gw, "mfa.failed") == ["assertion_not_verified"]
+
+
+def test_a_replayed_answer_and_another_users_challenge_are_refused(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream)
+    _, key = register_from_session(gw, "alice")
+    client, handle, _ = pending(gw, "alice")
+    answer = key.get(options(client, "authenticate", {"pending": handle}))
+    first = client.post(
+        f"{P}/mfa/webauthn/authenticate", json={"pending": handle, "credential": answer}
+    )
+    assert first.status_code == 200, first.text
+    # the same answer again, for a new pending sign-in: its challenge is used up
+    client, handle, _ = pending(gw, "alice")
+    replay = client.post(
+        f"{P}/mfa/webauthn/authenticate", json={"pending": handle, "credential": answer}
+    )
+    assert replay.status_code == 401
+    assert reasons(gw, "mfa.failed")[-1] == "unknown_or_used_challenge"
+
+    # bob's challenge, signed by alice's key, does not finish alice's sign-in
+    register_from_session(gw, "bob")
+    bob_client, bob_handle, _ = pending(gw, "bob")
+    bobs = options(bob_client, "authenticate", {"pending": bob_handle})
+    client, handle, _ = pending(gw, "alice")
+    crossed = client.post(
+        f"{P}/mfa/webauthn/authenticate", json={"pending": handle, "credential": key.get(bobs)}
+    )
+    assert crossed.status_code == 401
+    assert reasons(gw, "mfa.failed")[-1] == "challenge_of_another_ceremony"
+
+
+def test_wrong_answers_lock_out_like_wrong_codes(gateway_factory, upstream):
+    """Each try signs in with the right password first: that forgets no wrong answer."""
+    gw = start(gateway_factory, upstream)  # max_failures = 3
+    _, key = register_from_session(gw)
+    other = ec.generate_private_key(ec.SECP256R1())
+    for _ in range(3):
+        assert second_factor(gw, key, signer=other).status_code == 401
+    # locked: the password alone is refused now, and so would the key be
+    locked = gw.client().post(f"{P}/login", json={"username": "alice", "password": PASSWORD})
+    assert locked.status_code == 429 and "retry-after" in locked.headers
+    assert reasons(gw, "mfa.failed") == ["assertion_not_verified"] * 3
+
+
+# -- a passkey alone ----------------------------------------------------------------------
+
+
+def passkey(gw: Gateway, key: SoftAuthenticator, **lie) -> httpx.Response:
+    client = gw.client()
+    opts = options(client, "passkey")
+    return client.post(f"{P}/mfa/webauthn/passkey", json={"credential": key.get(opts, **lie)})
+
+
+def test_a_passkey_signs_in_alone(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream)
+    register_from_session(gw, "bob")
+    _, key = register_from_session(gw, "alice")
+    opts = options(gw.client(), "passkey")
+    assert opts["allowCredentials"] == [] and opts["userVerification"] == "required"
+    done = passkey(gw, key)
+    assert done.status_code == 200, done.text
+    assert done.json()["sub"] == "alice" and done.json()["roles"] == ["staff"]
+    assert done.json()["amr"] == ["hwk"]
+    client = gw.client()
+    client.cookies.set("gw_session", done.cookies["gw_session"])
+    # a passkey is both factors: mfa routes open, and the upstream is told who it is
+    assert client.get("/secure/x", headers=JSON).status_code == 200
+    assert upstream.last().header("x-user-id") == ["alice"]
+    assert client.get(f"{P}/me", headers=JSON).json()["amr"] == ["hwk"]
+    assert [e["source"] for e in audit_lines(gw) if e["event"] == "signin.succeeded"][-1] == (
+        "passkey"
+    )
+
+
+def test_passkey_refusals(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream, "[login_limits]\nmax_failures = 50\n")
+    _, alice = register_from_session(gw, "alice")
+    _, bob = register_from_session(gw, "bob")
+
+    # the authenticator did not verify the user: possession alone is one factor, refused
+    assert passkey(gw, alice, verified=False).status_code == 401
+    assert reasons(gw, "signin.failed")[-1] == "assertion_not_verified"
+    # alice's key answering with bob's user handle: not bob's credential
+    assert passkey(gw, alice, user_handle=bob.user_handle).status_code == 401
+    assert reasons(gw, "signin.failed")[-1] == "credential_not_registered"
+    # a handle nobody has
+    assert passkey(gw, alice, user_handle=b64(b"x" * 43)).status_code == 401
+    assert reasons(gw, "signin.failed")[-1] == "unknown_user_handle"
+    # a replayed answer
+    client = gw.client()
+    answer = alice.get(options(client, "passkey"))
+    assert client.post(f"{P}/mfa/webauthn/passkey", json={"credential": answer}).status_code == 200
+    replay = gw.client().post(f"{P}/mfa/webauthn/passkey", json={"credential": answer})
+    assert replay.status_code == 401
+    assert reasons(gw, "signin.failed")[-1] == "unknown_or_used_challenge"
+    # a second-factor challenge is not a passkey sign-in's (bob's pending sign-in, bob's key)
+    bob_client, bob_handle, _ = pending(gw, "bob")
+    stolen = options(bob_client, "authenticate", {"pending": bob_handle})
+    crossed = gw.client().post(f"{P}/mfa/webauthn/passkey", json={"credential": bob.get(stolen)})
+    assert crossed.status_code == 401
+    assert reasons(gw, "signin.failed")[-1] == "challenge_of_another_ceremony"
+
+    # a disabled user's passkey opens nothing; enabled again, it does
+    assert cli(gw, "users", "disable", "bob").returncode == 0
+    gone = passkey(gw, bob)
+    assert gone.status_code == 401 and gone.json()["error"] == "passkey_refused"
+    assert reasons(gw, "signin.failed")[-1] == "user_gone"
+    assert cli(gw, "users", "enable", "bob").returncode == 0
+    assert passkey(gw, bob).status_code == 200
+
+    # a key reset by the operator no longer signs in
+    assert cli(gw, "mfa", "reset", "alice").returncode == 0
+    assert passkey(gw, alice).status_code == 401
+
+
+def test_the_passkey_form_is_csrf_checked_and_next_stays_on_site(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream)
+    _, key = register_from_session(gw, "alice")
+    browser = gw.client()
+    page = browser.get(f"{P}/login", headers={"accept": "text/html"})
+    assert "Sign in with a passkey" in page.text
+    csrf = browser.cookies["gw_session_csrf"]
+
+    def submit(client: httpx.Client, fields: dict, headers: dict | None = None) -> httpx.Response:
+        opts = options(client, "passkey")
+        fields = {**fields, "credential": json.dumps(key.get(opts))}
+        return client.post(f"{P}/mfa/webauthn/passkey", data=fields, headers=headers or {})
+
+    # no CSRF token, a wrong one, or a post from another site: refused before the key is read
+    assert submit(gw.client(), {}).status_code == 403
+    assert submit(browser, {"csrf": "x" * 43}).status_code == 403
+    cross = submit(browser, {"csrf": csrf}, {"origin": "http://evil.test"})
+    assert cross.status_code == 403 and cross.json()["error"] == "cross_origin"
+    # next to another site falls back to /
+    done = submit(browser, {"csrf": csrf, "next": "https://evil.test/x"})
+    assert done.status_code == 303, done.text
+    assert done.headers["location"] in ("/", f"{origin(gw)}/")
+    ok = submit(
+        gw.client(),
+        {"csrf": csrf, "next": "/app/report?x=1"},
+        {"cookie": f"gw_session_csrf={csrf}"},
+    )
+    assert ok.status_code == 303 and ok.headers["location"].endswith("/app/report?x=1")
+    # a refused passkey in a browser: the sign-in page again, saying so (a sign-in clears
+    # the CSRF cookie: a fresh page brings a fresh one)
+    browser = gw.client()
+    browser.get(f"{P}/login", headers={"accept": "text/html"})
+    csrf = browser.cookies["gw_session_csrf"]
+    opts = options(browser, "passkey")
+    bad = browser.post(
+        f"{P}/mfa/webauthn/passkey",
+        data={"csrf": csrf, "credential": json.dumps(key.get(opts, verified=False))},
+        headers={"accept": "text/html"},
+    )
+    assert bad.status_code == 401 and "That passkey was not accepted." in bad.text
+    assert "<form" in bad.text
+
+
+# -- where WebAuthn cannot work -------------------------------------------------------------
+
+
+def test_webauthn_is_not_offered_on_an_ip_address(tmp_path):
+    route = {"name": "r", "path": "/", "upstream": "http://127.0.0.1:9", "auth": "required"}
+    on_ip = {"server": {"public_url": "http://127.0.0.1:8000"}, "routes": [route]}
+    config = build_config(on_ip, tmp_path, env={})
+    assert config.mfa.webauthn is True and config.webauthn_on is False
+    on_name = {"server": {"public_url": "http://localhost:8000"}, "routes": [route]}
+    assert build_config(on_name, tmp_path, env={}).webauthn_on is True
+    # a factor asked for with only WebAuthn, on an IP: an error that says why
+    with pytest.raises(ConfigError) as info:
+        build_config({**on_ip, "mfa": {"totp": False, "required": True}}, tmp_path, env={})
+    assert any("domain name" in e for e in info.value.errors), info.value.errors
+
+
+def test_the_endpoints_are_absent_while_webauthn_is_off(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream, "[mfa]\nwebauthn = false\n")
+    client = gw.login("alice")
+    for ceremony in ("register", "authenticate", "passkey"):
+        assert client.post(f"{P}/mfa/webauthn/{ceremony}/options", json={}).status_code == 404
+    assert "passkey" not in gw.client().get(f"{P}/login").text
+    assert client.get("/secure/x", headers=JSON).json()["methods"] == ["totp", "recovery"]
