@@ -580,7 +580,7 @@ def test_mfa_required_steps_up_required_routes_only(gateway_factory, upstream):
 
 
 def test_the_script_the_factor_pages_load_is_served(gateway_factory, upstream):
-    """Every script the enrollment page loads is served (none while WebAuthn is not built)."""
+    """Every script the enrollment page loads is served: the gateway's own WebAuthn calls."""
     import re
 
     gw = start(gateway_factory, upstream)
@@ -588,6 +588,7 @@ def test_the_script_the_factor_pages_load_is_served(gateway_factory, upstream):
     page = client.get("/.auth/mfa?next=/secure", headers=HTML)
     assert page.status_code == 200
     scripts = re.findall(r'<script[^>]* src="([^"]+)"', page.text)
+    assert scripts == ["/.auth/static/webauthn.js"]
     for src in scripts:
         response = client.get(src)
         assert response.status_code == 200, (src, response.status_code)

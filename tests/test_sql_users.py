@@ -639,3 +639,44 @@ def test_dsn_forms_map_to_our_drivers_and_read_only_sqlite_files(dsn, driver, da
     assert url.database == database
     if driver == "sqlite":
         assert url.query["uri"] == "true"
+
+
+def test_a_passkey_signs_in_a_user_of_the_database(main_gateway):
+    """The factor lives in the gateway's store; at a passkey sign-in the user is asked of the
+    database again (by the name it gave), as at a refresh: its roles, its id."""
+    from tests.soft_authenticator import SoftAuthenticator
+
+    client, response = login_as(main_gateway, "ada")
+    assert response.status_code == 200, response.text
+    user_id = response.json()["sub"]
+    key = SoftAuthenticator(f"http://localhost:{main_gateway.port}")
+    try:
+        options = client.post("/.auth/mfa/webauthn/register/options", json={}).json()
+        added = client.post(
+            "/.auth/mfa/webauthn/register", json={"credential": key.create(options)}
+        )
+        assert added.status_code == 200, added.text
+        anonymous = main_gateway.client()
+        options = anonymous.post("/.auth/mfa/webauthn/passkey/options", json={}).json()
+        done = anonymous.post("/.auth/mfa/webauthn/passkey", json={"credential": key.get(options)})
+        assert done.status_code == 200, done.text
+        assert done.json()["sub"] == user_id and done.json()["amr"] == ["hwk"]
+        assert done.json()["roles"] == ["staff", "ops"]
+    finally:
+        reset = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "mfa",
+                "reset",
+                user_id,
+                "-c",
+                str(main_gateway.config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=main_gateway.directory,
+        )
+        assert reset.returncode == 0, reset.stderr

@@ -353,3 +353,18 @@ def test_the_endpoints_are_absent_while_webauthn_is_off(gateway_factory, upstrea
         assert client.post(f"{P}/mfa/webauthn/{ceremony}/options", json={}).status_code == 404
     assert "passkey" not in gw.client().get(f"{P}/login").text
     assert client.get("/secure/x", headers=JSON).json()["methods"] == ["totp", "recovery"]
+
+
+def test_passkeys_nobody_owns_lock_out_the_address(gateway_factory, upstream):
+    """Answers naming no user count against the address (its wider budget: 4 x 3); once it
+    is locked out it gets no more challenges, and no answer is read."""
+    gw = start(gateway_factory, upstream)  # max_failures = 3
+    _, key = register_from_session(gw)
+    for _ in range(12):
+        refused = passkey(gw, key, user_handle=b64(b"y" * 43))
+        assert refused.status_code == 401, refused.text
+    locked = gw.client().post(f"{P}/mfa/webauthn/passkey/options", json={})
+    assert locked.status_code == 429 and "retry-after" in locked.headers
+    # other sign-ins from that address wait too: the address, not a user, is locked
+    password = gw.client().post(f"{P}/login", json={"username": "bob", "password": "x"})
+    assert password.status_code == 429

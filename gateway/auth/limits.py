@@ -31,11 +31,12 @@ class LoginLimiter:
     async def retry_after(self, username: str, address: str, account: str = "") -> int | None:
         """Seconds until this user, address or account may try again; None when not locked.
 
-        `account` is the id of the entry a source found for the name, when that differs.
+        `account` is the id of the entry a source found for the name, when that differs; no
+        `username` (a passkey no user owns): the address alone.
         """
         now = self.clock()
         until = 0.0
-        keys = self._keys(username, address)
+        keys = self._keys(username, address) if username else (self._keys("", address)[1],)
         if account:
             keys = (*keys, self._account_key(account))
         for key in keys:
@@ -48,12 +49,15 @@ class LoginLimiter:
         """Record a failure for the user, the address and the account; lock out past the limit.
 
         `account` (the id of the entry the source found, when not the name) shares one budget
-        among every spelling of a name that a source matches to the same entry.
+        among every spelling of a name that a source matches to the same entry. No `username`
+        (a passkey no user owns): the address alone.
         """
         now = self.clock()
         user_key, addr_key = self._keys(username, address)
         window = self.config.window
-        user_keys = [user_key] + ([self._account_key(account)] if account else [])
+        user_keys = ([user_key] if username else []) + (
+            [self._account_key(account)] if account else []
+        )
         for key in user_keys:
             if await self.store.add_failure(key, now, window) >= self.config.max_failures:
                 await self.store.set_lockout(key, now + self.config.lockout, now)

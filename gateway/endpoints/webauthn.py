@@ -134,6 +134,8 @@ class WebAuthnSteps:
         passkeys for this site."""
         try:
             await self._options(request, False)
+            # each options call keeps a challenge: none for an address that is locked out
+            await self._address_locked(context_of(request.scope).view.ip)
             return _options_response(await self.ceremonies.authentication_options(None))
         except Refused as exc:
             return json_error(exc.status, exc.code, exc.detail, exc.headers)
@@ -221,7 +223,13 @@ class WebAuthnSteps:
                 next_value if isinstance(next_value, str) else None
             )
             credential = parse_credential(fields.get("credential"))
-            user_id, username = await self.ceremonies.passkey_owner(credential)
+            # an address locked out by failures asks no more (whoever the passkey names)
+            await self._address_locked(address)
+            try:
+                user_id, username = await self.ceremonies.passkey_owner(credential)
+            except CeremonyFailed:
+                await self.rt.limiter.failed("", address)
+                raise
             subject = Subject(
                 user_id=user_id,
                 roles=(),
@@ -317,6 +325,17 @@ class WebAuthnSteps:
             "set-cookie", f"{self.mfa.csrf_cookie}=; Max-Age=0; {self.mfa.csrf_attrs}"
         )
         return response
+
+    async def _address_locked(self, address: str) -> None:
+        wait = await self.rt.limiter.retry_after("", address)
+        if wait is not None:
+            metrics.login("locked")
+            raise Refused(
+                429,
+                "too_many_attempts",
+                "Too many failed sign-ins; try again later.",
+                {"retry-after": str(wait)},
+            )
 
     def _refused(self, exc: Refused, as_json: bool, next_target: str) -> Response:
         """JSON: the error shape; a browser: back to the sign-in page, which says why."""
