@@ -527,6 +527,9 @@ def test_enroll_and_sign_in_with_a_code_in_a_browser(browser, gateway_factory, u
         page.get_by_role("button", name="Sign in", exact=True).click()
         page.wait_for_url(lambda u: urlsplit(u).path == "/.auth/mfa")
         expect(page.locator(".qr svg")).to_be_visible()
+        # a card taller than the window starts at the top, where it can be read (a centred
+        # flex item would begin above the page, out of scrolling's reach)
+        assert page.locator("h1").bounding_box()["y"] > 0
         page.screenshot(path=str(ARTIFACTS / "mfa-enroll.png"), full_page=True)
         secret = page.locator(".secret").inner_text().replace(" ", "").strip()
         page.locator("#code").fill(code(secret, -30))
