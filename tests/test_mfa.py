@@ -234,6 +234,21 @@ def test_the_right_password_does_not_reset_wrong_codes(gateway_factory, upstream
     assert refused.status_code == 429, refused.text
 
 
+def test_signing_out_ends_a_pending_sign_in(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream)
+    _, secret, _, _ = enroll(gw)
+    client, handle, _ = pending(gw)
+    out = client.post("/.auth/logout", headers=JSON)
+    assert out.status_code == 204
+    assert any(
+        c.startswith("gw_session_mfa=;") and "Max-Age=0" in c
+        for c in out.headers.get_list("set-cookie")
+    )
+    # the handle is gone from the store: even a right code no longer finishes that sign-in
+    late = gw.client().post("/.auth/mfa/totp", json={"code": code(secret), "pending": handle})
+    assert late.status_code == 401 and late.json()["error"] == "unauthenticated"
+
+
 def _codes_now(secret: str) -> set[str]:
     return {code(secret, offset) for offset in (-30, 0, 30)}
 

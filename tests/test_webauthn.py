@@ -156,6 +156,30 @@ def test_adding_a_key_needs_a_second_factor_first(gateway_factory, upstream):
     assert nobody.status_code == 401
 
 
+def test_a_key_that_does_not_hold_is_not_added(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream)
+    client = gw.login("alice")
+    key = SoftAuthenticator(origin(gw))
+    for lie in ({"origin": "http://evil.test"}, {"rp_id": "evil.test"}):
+        answer = key.create(options(client, "register"), **lie)
+        refused = client.post(f"{P}/mfa/webauthn/register", json={"credential": answer})
+        assert refused.status_code == 400 and refused.json()["error"] == "key_not_added"
+    # the challenge of a refused answer is used up: the true answer to it is refused too
+    opts = options(client, "register")
+    bad = key.create(opts, origin="http://evil.test")
+    assert client.post(f"{P}/mfa/webauthn/register", json={"credential": bad}).status_code == 400
+    good = key.create(opts)
+    again = client.post(f"{P}/mfa/webauthn/register", json={"credential": good})
+    assert again.status_code == 400
+    assert reasons(gw, "mfa.refused") == [
+        "registration_not_verified",
+        "registration_not_verified",
+        "registration_not_verified",
+        "unknown_or_used_challenge",
+    ]
+    assert cli(gw, "mfa", "list", "alice").stdout.count("webauthn") == 0
+
+
 LIES = {
     "another origin": {"origin": "http://evil.test"},
     "another relying party": {"rp_id": "evil.test"},

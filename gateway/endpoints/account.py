@@ -392,7 +392,9 @@ class Account:
             fields = await self.mfa.fields(request, as_json)
             return await handler(request, identity, fields, self._subject(identity), as_json)
         except Refused as exc:
-            if as_json or identity is None or exc.code in ("cross_origin", "csrf"):
+            # an expired form is the page again with a fresh token; a cross-site post is no
+            # page of ours to answer with
+            if as_json or identity is None or exc.code == "cross_origin":
                 return json_error(exc.status, exc.code, exc.detail, exc.headers)
             response = await self._page(request, identity, error=exc.detail, status=exc.status)
             response.headers.update(exc.headers)
@@ -564,6 +566,7 @@ class Account:
             log.warning("password change failed user=%r: %s", identity.sub, exc)
             raise Refused(400, "not_changed", "The password could not be changed.") from None
         count = await self._end_others(identity)
+        audit.event("password.changed", user=identity.sub, by="user", client=address)
         audit.event(
             "session.revoked",
             user=identity.sub,

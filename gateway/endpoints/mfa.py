@@ -48,7 +48,7 @@ from gateway.endpoints.common import (
 from gateway.endpoints.handoff import Handoff
 from gateway.mfa import AMR
 from gateway.mfa.factors import user_key
-from gateway.mfa.pending import PENDING_TTL, Pending
+from gateway.mfa.pending import PENDING_TTL, Pending, pending_cookie
 from gateway.mfa.totp import check_code, matching_step, new_secret, provisioning_uri, qr_svg
 from gateway.pages import render_card, webauthn_box
 from gateway.runtime import Runtime
@@ -98,8 +98,7 @@ class MfaStep:
         self.redirects = Redirects(config)
         self.handoff = Handoff(rt, self.redirects)
         secure = config.cookie_secure
-        self.cookie = config.cookie_name + "_mfa"
-        self.cookie_attrs = "Path=/; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")
+        self.cookie, self.cookie_attrs = pending_cookie(config)
         self.csrf_cookie = config.cookie_name + "_csrf"
         self.csrf_attrs = "Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
         self.webauthn_on = config.webauthn_on

@@ -20,6 +20,7 @@ from gateway.endpoints.common import (
     same_origin,
     wants_json,
 )
+from gateway.mfa.pending import pending_cookie
 from gateway.runtime import Runtime
 from gateway.store.base import StoreUnavailable
 
@@ -35,6 +36,7 @@ class CurrentSession:
         self.public_url = rt.config.server.public_url
         self.public_scheme = urlsplit(self.public_url).scheme
         self.allowed = core.allowed_origins
+        self.pending_cookie, self.pending_attrs = pending_cookie(rt.config)
 
     async def logout(self, request: Request) -> Response:
         """POST: revoke the session (or every session with all=true) and clear the cookie."""
@@ -60,6 +62,14 @@ class CurrentSession:
             everywhere = everywhere or fields.get("all") == "true"
         identity = context_of(request.scope).identity
         provider_logout = ""
+        # a sign-in half done (password given, second factor due) ends with the sign-out too
+        pending = request.cookies.get(self.pending_cookie, "")
+        if pending:
+            try:
+                await self.rt.pending.finish(pending)
+            except StoreUnavailable:
+                metrics.store_error("logout")
+                return json_error(503, "store_unavailable", "Sign-out is unavailable; try again.")
         # a service token has no session to end: it ends with `gateway tokens revoke`
         if identity is not None and identity.source != "service":
             try:
@@ -91,6 +101,10 @@ class CurrentSession:
             response = Response(status_code=303, headers={**HEADERS, "location": location})
         # on a hand-off host the cookie is host-only: only a host-only clear removes it
         response.headers.append("set-cookie", self.rt.cookies.clear(view.host or None))
+        if pending:
+            response.headers.append(
+                "set-cookie", f"{self.pending_cookie}=; Max-Age=0; {self.pending_attrs}"
+            )
         return response
 
     async def me(self, request: Request) -> Response:

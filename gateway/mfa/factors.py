@@ -121,10 +121,12 @@ class Factors:
         await self.store.put_record(key, sealed, self.clock(), None)
 
     async def add(self, user_id: str, kind: str, name: str, data: dict[str, Any]) -> Factor:
-        """Enroll a new factor; ValueError past MAX_FACTORS."""
+        """Enroll a new factor, used just now (its first code or answer completed the step);
+        ValueError past MAX_FACTORS."""
         if len(await self.list(user_id)) >= MAX_FACTORS:
             raise ValueError(f"at most {MAX_FACTORS} second factors per user")
-        factor = Factor(kind, secrets.token_urlsafe(9), name, self.clock(), None, data)
+        now = self.clock()
+        factor = Factor(kind, secrets.token_urlsafe(9), name, now, now, data)
         await self.save(user_id, factor)
         return factor
 

@@ -16,11 +16,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from gateway.auth.sealed import Sealer, SealError
+from gateway.config import Config
 from gateway.store.base import Store
 
 PENDING_TTL = 300.0
 _HANDLE = re.compile(r"^[A-Za-z0-9_-]{32,64}$")
 _PURPOSE = "mfa-pending"
+
+
+def pending_cookie(config: Config) -> tuple[str, str]:
+    """The pending sign-in cookie's name and attributes (host-only, HttpOnly, Lax)."""
+    secure = "; Secure" if config.cookie_secure else ""
+    return config.cookie_name + "_mfa", "Path=/; HttpOnly; SameSite=Lax" + secure
 
 
 @dataclass(frozen=True)
@@ -82,4 +89,6 @@ class PendingSignIns:
 
     async def finish(self, handle: str) -> bool:
         """Used up: True for exactly one caller (the one whose session begins)."""
+        if not _HANDLE.match(handle):
+            return False
         return await self.store.delete_record(f"mfa-pending:{handle}")
