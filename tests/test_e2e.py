@@ -426,3 +426,29 @@ def test_verify_sends_a_non_latin1_user_id_as_utf8(gateway: Gateway):
     )
     assert response.status_code == 200
     assert dict(response.headers.raw)[b"x-user-id"] == "zoë-李".encode()
+
+
+def test_verify_answers_each_method_as_a_front_proxy_expects(gateway: Gateway):
+    """/verify is pure ASGI (no router): GET, HEAD and POST get a verdict, HEAD without a
+    body; another method is 405 in the error shape; a check that names no target is 403."""
+    client = gateway.login("alice")
+    check = {"x-forwarded-uri": "/app/x", "x-forwarded-method": "GET"}
+    for method in ("GET", "POST", "HEAD"):
+        response = client.request(method, "/.auth/verify", headers=check)
+        assert response.status_code == 200, (method, response.text)
+        assert response.headers["x-user-id"] == "alice"
+        assert response.headers["cache-control"] == "no-store"
+        assert response.content == b""
+    anonymous = gateway.client().head("/.auth/verify", headers=check)
+    assert anonymous.status_code == 401 and anonymous.content == b""
+    refused = client.put("/.auth/verify", headers=check)
+    assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD, POST"
+    assert refused.json()["error"] == "method_not_allowed"
+    unnamed = client.get("/.auth/verify", headers={"x-forwarded-method": "GET"})
+    assert unnamed.status_code == 403 and unnamed.json()["error"] == "bad_request"
+    # two methods: one of them is a client's (a proxy sets one); judged by either, the request
+    # might go out with the other
+    both = client.get("/.auth/verify", headers=[*check.items(), ("x-forwarded-method", "DELETE")])
+    assert both.status_code == 403 and "X-Forwarded-Method" in both.json()["detail"]
+    same = client.get("/.auth/verify", headers=[*check.items(), ("x-forwarded-method", "get")])
+    assert same.status_code == 200

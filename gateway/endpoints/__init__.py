@@ -29,7 +29,7 @@ class Endpoints:
         mfa = MfaStep(rt, core)
         login = Login(rt, core, mfa)
         session = CurrentSession(rt, core)
-        verify = Verify(rt, core)
+        self.verify = Verify(rt, core)
         keys = Keys(rt.keyring)
         health = Health(rt.store, rt.keyring)
         oidc = OidcSignIn(rt, mfa)
@@ -47,7 +47,6 @@ class Endpoints:
                 Route(f"{p}/mfa/recovery", mfa.recovery, methods=["POST"]),
                 Route(f"{p}/mfa/totp/enroll", mfa.enroll_totp, methods=["POST"]),
                 Route(f"{p}/me", session.me, methods=["GET"]),
-                Route(f"{p}/verify", verify.verify, methods=["GET", "HEAD", "POST"]),
                 Route(f"{p}/jwks.json", keys.jwks, methods=["GET"]),
                 Route(f"{p}/health", health.health, methods=["GET"]),
                 Route(f"{p}/ready", health.ready, methods=["GET"]),
@@ -60,5 +59,9 @@ class Endpoints:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1008})
+            return
+        # forward-auth is asked once per request the front proxy serves: straight to it
+        if scope["path"] == self.verify.path:
+            await self.verify(scope, receive, send)
             return
         await self.router(scope, receive, send)
