@@ -51,6 +51,23 @@ def upstream() -> Iterator[RecordingUpstream]:
     server.close()
 
 
+def virtual_authenticator(context, page) -> tuple[object, str]:
+    """A platform authenticator in this page's browser (DevTools' WebAuthn domain) that keeps
+    discoverable credentials, verifies the user and answers at once: its session and id."""
+    cdp = context.new_cdp_session(page)
+    cdp.send("WebAuthn.enable", {"enableUI": False})
+    options = {
+        "protocol": "ctap2",
+        "transport": "internal",
+        "hasResidentKey": True,
+        "hasUserVerification": True,
+        "isUserVerified": True,
+        "automaticPresenceSimulation": True,
+    }
+    added = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": options})
+    return cdp, added["authenticatorId"]
+
+
 def _path(url: str) -> str:
     return urlsplit(url).path
 
@@ -71,21 +88,7 @@ def test_a_key_from_enrollment_to_passkey_to_removal(
     site = f"http://localhost:{gw.port}"
     context = browser.new_context(viewport={"width": 1024, "height": 860})
     page = context.new_page()
-    cdp = context.new_cdp_session(page)
-    cdp.send("WebAuthn.enable", {"enableUI": False})
-    authenticator = cdp.send(
-        "WebAuthn.addVirtualAuthenticator",
-        {
-            "options": {
-                "protocol": "ctap2",
-                "transport": "internal",
-                "hasResidentKey": True,
-                "hasUserVerification": True,
-                "isUserVerified": True,
-                "automaticPresenceSimulation": True,
-            }
-        },
-    )["authenticatorId"]
+    cdp, authenticator = virtual_authenticator(context, page)
 
     def credentials() -> list[dict]:
         return cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})[
@@ -190,21 +193,7 @@ def test_removing_a_key_on_the_account_page_ends_its_passkey(
     site = f"http://localhost:{gw.port}"
     context = browser.new_context(viewport={"width": 1024, "height": 860})
     page = context.new_page()
-    cdp = context.new_cdp_session(page)
-    cdp.send("WebAuthn.enable", {"enableUI": False})
-    cdp.send(
-        "WebAuthn.addVirtualAuthenticator",
-        {
-            "options": {
-                "protocol": "ctap2",
-                "transport": "internal",
-                "hasResidentKey": True,
-                "hasUserVerification": True,
-                "isUserVerified": True,
-                "automaticPresenceSimulation": True,
-            }
-        },
-    )
+    virtual_authenticator(context, page)
     try:
         # a password session adds a key on the account page
         page.goto(f"{site}/.auth/login?next=/.auth/account")

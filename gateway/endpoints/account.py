@@ -208,7 +208,6 @@ class Account:
             add += webauthn_box(
                 kind="register",
                 prefix=self.prefix,
-                action=f"{self.prefix}/mfa/webauthn/register",
                 button="Add a security key or passkey",
                 fields={"csrf": token, "next": f"{self.prefix}/account?notice=key_added"},
                 name_field=True,

@@ -270,7 +270,6 @@ class MfaStep:
                 webauthn_box(
                     kind="authenticate",
                     prefix=self.prefix,
-                    action=f"{self.prefix}/mfa/webauthn/authenticate",
                     button="Use a security key or passkey",
                     fields=_hidden_fields(token, subject),
                 )
@@ -340,7 +339,6 @@ class MfaStep:
                 webauthn_box(
                     kind="register",
                     prefix=self.prefix,
-                    action=f"{self.prefix}/mfa/webauthn/register",
                     button="Add a security key or passkey",
                     fields=_hidden_fields(token, subject),
                     name_field=True,

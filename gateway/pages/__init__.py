@@ -43,13 +43,14 @@ def webauthn_box(
     *,
     kind: str,
     prefix: str,
-    action: str,
     button: str,
     fields: dict[str, str],
     name_field: bool = False,
 ) -> str:
     """A security-key button for webauthn.js (`kind`: register, authenticate or passkey) and
-    the form it submits the browser's answer with; hidden until the script finds WebAuthn."""
+    the form it submits the browser's answer with, to {prefix}/mfa/webauthn/{kind}; hidden
+    until the script finds WebAuthn."""
+    action = f"{prefix}/mfa/webauthn/{kind}"
     hidden = "".join(
         f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
         for k, v in fields.items()
@@ -100,7 +101,6 @@ def render_login(
         buttons = webauthn_box(
             kind="passkey",
             prefix=prefix,
-            action=f"{prefix}/mfa/webauthn/passkey",
             button="Sign in with a passkey",
             fields={"csrf": csrf, "next": next_target},
         )
