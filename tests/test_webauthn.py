@@ -392,3 +392,19 @@ def test_passkeys_nobody_owns_lock_out_the_address(gateway_factory, upstream):
     # other sign-ins from that address wait too: the address, not a user, is locked
     password = gw.client().post(f"{P}/login", json={"username": "bob", "password": "x"})
     assert password.status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("public_url", "expected"),
+    [
+        ("https://Login.Corp.test:443/portal", "https://login.corp.test"),
+        ("http://localhost:8000", "http://localhost:8000"),
+        ("https://sso.corp.test:8443", "https://sso.corp.test:8443"),
+        ("http://intranet.test:80", "http://intranet.test"),
+    ],
+    ids=["default https port and path dropped", "localhost port kept", "other port", "http 80"],
+)
+def test_the_origin_a_browser_reports_for_public_url(public_url, expected):
+    from gateway.mfa.webauthn import web_origin
+
+    assert web_origin(public_url) == expected

@@ -19,7 +19,6 @@ Every submission is a form (with the page's CSRF token) or JSON; the options are
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -32,7 +31,7 @@ from gateway.core.context import context_of
 from gateway.endpoints.common import HEADERS, Refused, json_error, wants_json
 from gateway.endpoints.login import Login
 from gateway.endpoints.mfa import MfaStep, Subject, factor_name
-from gateway.mfa.webauthn import CeremonyFailed, WebAuthn, parse_credential
+from gateway.mfa.webauthn import CeremonyFailed, WebAuthn, parse_credential, web_origin
 from gateway.pages import script
 from gateway.runtime import Runtime
 from gateway.sources.base import SERVICE_PREFIX, canonical_username
@@ -49,12 +48,11 @@ class WebAuthnSteps:
         self.mfa = mfa
         self.login = login
         config = rt.config
-        parts = urlsplit(config.server.public_url)
         self.ceremonies = WebAuthn(
             rp_id=config.rp_id,
             rp_name=config.mfa.issuer,
             # the pages that make the calls are served at public_url: that is the one origin
-            origin=f"{parts.scheme}://{parts.netloc}",
+            origin=web_origin(config.server.public_url),
             store=rt.store,
             factors=rt.factors,
             clock=rt.clock,

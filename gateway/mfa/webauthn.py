@@ -25,6 +25,7 @@ import json
 import secrets
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from webauthn import (
     generate_authentication_options,
@@ -143,6 +144,8 @@ class WebAuthn:
             )
         except _REFUSED as exc:
             raise CeremonyFailed(f"registration_not_verified: {exc}") from None
+        if len(verified.credential_id) > MAX_CREDENTIAL_ID:
+            raise CeremonyFailed("credential_id_too_long")
         credential_id = _encode(verified.credential_id)
         for factor in await self.factors.list(user_id):
             if factor.kind == "webauthn" and factor.data.get("credential_id") == credential_id:
@@ -241,6 +244,16 @@ class WebAuthn:
             if factor.kind == "webauthn" and hmac.compare_digest(held, wanted):
                 return factor
         raise CeremonyFailed("credential_not_registered")
+
+
+def web_origin(url: str) -> str:
+    """The origin a browser puts in clientDataJSON for pages under `url`: scheme, lower-case
+    host, and the port only when it is not the scheme's default."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    port = f":{parts.port}" if parts.port is not None and parts.port != default else ""
+    return f"{parts.scheme}://{host}{port}"
 
 
 def _challenge_key(challenge: bytes) -> str:
