@@ -213,6 +213,14 @@ def run_main(work: Path, plan: Plan, report: Report, baseline: Baseline | None =
         check(plain, path, "bench")
         swept.append(plain)
         targets.append((plain, path, "bench"))
+        # uvloop's own server, which accepts one connection per loop iteration (run E)
+        single = setups.start_gateway(
+            work, "gw-1w-uvaccept", upstream, "EdDSA", secret, 1, variant="uvaccept"
+        )
+        single.name = "5 gateway 1w EdDSA, one accept per iteration"
+        check(single, path, "bench")
+        swept.append(single)
+        targets.append((single, path, "bench"))
     for round_no in range(plan.sweep_rounds):
         for connections in plan.sweep:
             for gw in swept:

@@ -6,6 +6,8 @@ For the before/after steps in bench/RESULTS.md. BENCH_VARIANT is a comma-separat
   pyjwt                             mint assertions with jwt.encode, parse key ids every time
   nofreeze                          no gc.freeze() after the app is built
   asyncio-h11 | asyncio | h11       uvicorn on asyncio's loop and/or h11, not uvloop/httptools
+  uvaccept                          uvloop's own server: one accept per loop iteration
+                                    (no gateway.serve.accept)
   nocoalesce                        a response's head and body in two writes (no serve.coalesce)
 Only with `--workers 1`: uvicorn's worker processes would import the gateway afresh.
 """
@@ -70,6 +72,8 @@ def apply(variant: set[str]) -> None:
         gateway.auth.tokens.Tokens.mint_assertion = mint_assertion
         gateway.auth.keys.created_at = gateway.auth.keys.created_at.__wrapped__
     server = {}
+    if "uvaccept" in variant:
+        server["loop"] = "uvloop"
     if "asyncio-h11" in variant or "asyncio" in variant:
         server["loop"] = "asyncio"
     if "asyncio-h11" in variant or "h11" in variant:
