@@ -241,9 +241,9 @@ class WebAuthnSteps:
             await self.mfa.locked(request, subject)
             try:
                 await self.ceremonies.authenticate(user_id, credential, passkey=True)
-            except CeremonyFailed as exc:
+            except CeremonyFailed:
                 await self.rt.limiter.failed(subject.limit_name, address, subject.limit_account)
-                raise exc
+                raise
             return await self._begin(request, subject, as_json)
         except CeremonyFailed as exc:
             log.info("passkey refused user=%r client=%s: %s", user_id or None, address, exc.reason)
