@@ -189,6 +189,13 @@ def run_main(work: Path, plan: Plan, report: Report, baseline: Baseline | None =
             else "6 nginx auth_request -> gateway 2w EdDSA"
         )
         targets.append((front, path, "bench"))
+        if baseline is not None and not cached:
+            # the same nginx in front of the baseline's gateway: /verify's cost before and after
+            old_front = setups.start_nginx_forward_auth(
+                work, upstream, before[(2, "EdDSA")], tag=baseline.short
+            )
+            old_front.name = f"{front.name} {baseline.label}"
+            targets.append((old_front, path, "bench"))
     for target, p, user in targets:
         check(target, p, user)
         # warm pools, caches and JITs before anything is recorded

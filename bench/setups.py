@@ -147,7 +147,7 @@ def _example_site(port: int, gateway: Target, upstream: Target) -> str:
 
 
 def start_nginx_forward_auth(
-    work: Path, upstream: Target, gateway: Target, cached: bool = False
+    work: Path, upstream: Target, gateway: Target, cached: bool = False, tag: str = ""
 ) -> Target:
     """nginx (2 workers) with examples/nginx.conf: `auth_request` to the gateway's /verify
     before every request, then nginx proxies to the app itself.
@@ -156,10 +156,11 @@ def start_nginx_forward_auth(
     Authorization header, the method, host and URI (a verdict is per route), overriding the
     gateway's `Cache-Control: no-store`; a response that sets a cookie (a re-issue) is never
     cached (nginx's default), nor any 401 or 403. A
-    revocation then takes up to that long to reach nginx: the README states it.
+    revocation then takes up to that long to reach nginx: the README states it. `tag` names
+    another nginx of the same kind (in front of a baseline's gateway).
     """
     port = procs.free_port()
-    name = "forward-auth-cached" if cached else "forward-auth"
+    name = ("forward-auth-cached" if cached else "forward-auth") + (f"-{tag}" if tag else "")
     site = _example_site(port, gateway, upstream)
     cache = ""
     if cached:

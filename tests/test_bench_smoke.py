@@ -89,6 +89,7 @@ def test_the_benchmark_runs_a_baseline_revision_in_the_same_rounds(tmp_path: Pat
     report = json.loads(out.read_text())
     short = report["baseline"]["short"]
     twins = {f"5 gateway {w}w {a} @{short}" for w in (1, 2) for a in ("EdDSA", "HS256")}
+    twins.add(f"6 nginx auth_request -> gateway 2w EdDSA @{short}")
     assert twins <= set(report["main"])
     for name in twins:
         assert all(r["requests"] > 0 and r["errors"] == 0 for r in report["main"][name]), name
