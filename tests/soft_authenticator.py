@@ -78,17 +78,13 @@ class SoftAuthenticator:
             + attested
         )
         attestation = cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
-        return {
-            "id": b64(self.credential_id),
-            "rawId": b64(self.credential_id),
-            "type": "public-key",
-            "clientExtensionResults": {},
-            "response": {
+        return self._answer(
+            {
                 "clientDataJSON": b64(client_data),
                 "attestationObject": b64(attestation),
                 "transports": ["usb"],
-            },
-        }
+            }
+        )
 
     def get(
         self,
@@ -111,15 +107,21 @@ class SoftAuthenticator:
         )
         signed = auth_data + hashlib.sha256(client_data).digest()
         signature = (signer or self.key).sign(signed, ec.ECDSA(hashes.SHA256()))
+        return self._answer(
+            {
+                "clientDataJSON": b64(client_data),
+                "authenticatorData": b64(auth_data),
+                "signature": b64(signature),
+                "userHandle": self.user_handle if user_handle is None else user_handle,
+            }
+        )
+
+    def _answer(self, response: dict) -> dict:
+        """The PublicKeyCredential around an authenticator `response`, as toJSON() gives it."""
         return {
             "id": b64(self.credential_id),
             "rawId": b64(self.credential_id),
             "type": "public-key",
             "clientExtensionResults": {},
-            "response": {
-                "clientDataJSON": b64(client_data),
-                "authenticatorData": b64(auth_data),
-                "signature": b64(signature),
-                "userHandle": self.user_handle if user_handle is None else user_handle,
-            },
+            "response": response,
         }

@@ -36,9 +36,10 @@ class LoginLimiter:
         """
         now = self.clock()
         until = 0.0
-        keys = self._keys(username, address) if username else (self._keys("", address)[1],)
+        user_key, addr_key = self._keys(username, address)
+        keys = ([user_key] if username else []) + [addr_key]
         if account:
-            keys = (*keys, self._account_key(account))
+            keys.append(self._account_key(account))
         for key in keys:
             locked = await self.store.lockout_until(key, now)
             if locked is not None:

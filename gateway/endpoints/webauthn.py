@@ -163,12 +163,12 @@ class WebAuthnSteps:
             )
         except CeremonyFailed as exc:
             # a key that could not be added is no guess at a secret: refused, not counted
-            log.info("security key not added user=%r: %s", subject.user_id, exc.reason)
+            log.info("security key not added user=%r: %s", subject.user_id, exc)
             audit.event(
                 "mfa.refused",
                 user=subject.user_id,
                 kind="webauthn",
-                reason=exc.reason.split(":", 1)[0],
+                reason=exc.reason,
                 client=context_of(request.scope).view.ip,
             )
             raise Refused(400, "key_not_added", "That security key could not be added.") from None
@@ -198,10 +198,8 @@ class WebAuthnSteps:
                 subject.user_id, parse_credential(fields.get("credential"))
             )
         except CeremonyFailed as exc:
-            log.info("security key refused user=%r: %s", subject.user_id, exc.reason)
-            raise await self.mfa.failed(
-                request, subject, "webauthn", exc.reason.split(":", 1)[0]
-            ) from None
+            log.info("security key refused user=%r: %s", subject.user_id, exc)
+            raise await self.mfa.failed(request, subject, "webauthn", exc.reason) from None
         return await self.mfa.complete(request, subject, "webauthn", as_json)
 
     # -- a passkey alone ------------------------------------------------------------------
@@ -246,12 +244,12 @@ class WebAuthnSteps:
                 raise
             return await self._begin(request, subject, as_json)
         except CeremonyFailed as exc:
-            log.info("passkey refused user=%r client=%s: %s", user_id or None, address, exc.reason)
+            log.info("passkey refused user=%r client=%s: %s", user_id or None, address, exc)
             audit.event(
                 "signin.failed",
                 user=user_id or None,
                 source="passkey",
-                reason=exc.reason.split(":", 1)[0],
+                reason=exc.reason,
                 client=address,
             )
             metrics.login("failed")

@@ -56,10 +56,11 @@ _REFUSED = (WebAuthnException, ValueError, KeyError, TypeError)
 
 
 class CeremonyFailed(Exception):
-    """The browser's answer does not hold; `reason` is for the log and the audit event."""
+    """The browser's answer does not hold: `reason`, a code for the audit event, and what the
+    library said (`detail`) for the log."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: str, detail: object = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
 
 
@@ -143,7 +144,7 @@ class WebAuthn:
                 expected_origin=self.origin,
             )
         except _REFUSED as exc:
-            raise CeremonyFailed(f"registration_not_verified: {exc}") from None
+            raise CeremonyFailed("registration_not_verified", exc) from None
         if len(verified.credential_id) > MAX_CREDENTIAL_ID:
             raise CeremonyFailed("credential_id_too_long")
         credential_id = _encode(verified.credential_id)
@@ -164,7 +165,7 @@ class WebAuthn:
         try:
             return await self.factors.add(user_id, "webauthn", name, data)
         except ValueError as exc:
-            raise CeremonyFailed(str(exc)) from None
+            raise CeremonyFailed("too_many_factors", exc) from None
 
     # -- authentication --------------------------------------------------------------------
 
@@ -228,7 +229,7 @@ class WebAuthn:
         except _REFUSED as exc:
             # a counter that did not move past the last one seen: a copy of the key answered
             reason = "counter_went_back" if "sign count" in str(exc) else "assertion_not_verified"
-            raise CeremonyFailed(f"{reason}: {exc}") from None
+            raise CeremonyFailed(reason, exc) from None
         factor.data["sign_count"] = verified.new_sign_count
         factor.last_used = self.clock()
         await self.factors.save(user_id, factor)
