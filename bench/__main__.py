@@ -25,11 +25,12 @@ from pathlib import Path
 
 from bench import baseline as revisions
 from bench import procs, setups, wrk
+from bench import profile as profiling
 from bench.baseline import Baseline
 from bench.setups import Target
 
 PY_MODULES = {"gunicorn": "gunicorn", "flask": "flask", "requests": "requests", "jwt": "pyjwt"}
-SECTIONS = ("main", "sweep", "steps", "routes", "transfer", "idle")
+SECTIONS = ("main", "sweep", "steps", "routes", "transfer", "idle", "profile")
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Report:
     routes: dict[str, list[dict]] = field(default_factory=dict)
     transfer: dict[str, dict] = field(default_factory=dict)
     idle: dict = field(default_factory=dict)
+    # per profiled gateway: samples per category, the top leaf functions, the total
+    profile: dict[str, dict] = field(default_factory=dict)
     baseline: dict = field(default_factory=dict)  # --baseline: rev, sha, short, pinned
 
 
@@ -81,6 +84,8 @@ def install() -> None:
     import importlib.util
 
     wanted = [pkg for mod, pkg in PY_MODULES.items() if importlib.util.find_spec(mod) is None]
+    if profiling.have_py_spy() is None:
+        wanted.append("py-spy")
     if wanted:
         print(f"bench: pip installing {' '.join(wanted)}", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wanted], check=True)
@@ -107,19 +112,29 @@ def machine() -> dict:
 
 
 def check(target: Target, path: str, expect_user: str) -> None:
-    """One request through the setup: 200 and the body naming the user the upstream saw."""
+    """One request through the setup: 200 and the body naming the user the upstream saw (for
+    a forward-auth check: 200 and the X-User-Id it would give the upstream)."""
     request = urllib.request.Request(target.url + path)
     if target.cookie:
         request.add_header("Cookie", target.cookie)
+    for header in target.headers:
+        name, _, value = header.partition(":")
+        request.add_header(name.strip(), value.strip())
     with urllib.request.urlopen(request, timeout=10) as reply:
         body = reply.read().decode()
-    if reply.status != 200 or body != f"hello {expect_user}\n":
+        user = reply.headers.get("X-User-Id")
+    if target.verdict:
+        if reply.status != 200 or user != expect_user:
+            raise RuntimeError(f"{target.name}: unexpected verdict {reply.status} {user!r}")
+    elif reply.status != 200 or body != f"hello {expect_user}\n":
         raise RuntimeError(f"{target.name}: unexpected answer {reply.status} {body!r}")
 
 
 def measure(target: Target, path: str, connections: int, seconds: float) -> dict:
     """One wrk run as a dict (req/s, p50, p99, requests, errors)."""
-    return asdict(wrk.run(target.url + path, connections, seconds, target.cookie))
+    return asdict(
+        wrk.run(target.url + path, connections, seconds, target.cookie, headers=target.headers)
+    )
 
 
 def med(runs: list[dict], key: str) -> float:
@@ -196,6 +211,14 @@ def run_main(work: Path, plan: Plan, report: Report, baseline: Baseline | None =
             )
             old_front.name = f"{front.name} {baseline.label}"
             targets.append((old_front, path, "bench"))
+    # the same 2-worker gateway asked by wrk itself, as nginx would ask it: /verify alone
+    direct = setups.verify_direct(checked, path)
+    direct.name = "7 gateway 2w EdDSA /verify, no nginx"
+    targets.append((direct, "/.auth/verify", "bench"))
+    if baseline is not None:
+        old_direct = setups.verify_direct(before[(2, "EdDSA")], path)
+        old_direct.name = f"{direct.name} {baseline.label}"
+        targets.append((old_direct, "/.auth/verify", "bench"))
     for target, p, user in targets:
         check(target, p, user)
         # warm pools, caches and JITs before anything is recorded
@@ -235,7 +258,7 @@ def run_main(work: Path, plan: Plan, report: Report, baseline: Baseline | None =
                 report.sweep.setdefault(gw.name, {}).setdefault(connections, []).append(result)
                 progress(f"sweep {round_no + 1} {gw.name} c={connections}: {fmt_run(result)}")
     for target, _, _ in targets[1:]:
-        procs.stop(target.proc)
+        procs.stop(target.proc)  # (a /verify target shares its gateway's: stopped once)
     procs.stop(upstream.proc)
 
 
@@ -460,6 +483,50 @@ def run_idle(work: Path, plan: Plan, report: Report) -> None:
     procs.stop(upstream.proc)
 
 
+def run_profile(work: Path, plan: Plan, report: Report, baseline: Baseline | None = None) -> None:
+    """py-spy on the 1-worker EdDSA gateway at 64 connections (and the baseline's, if given)."""
+    upstream = setups.start_upstream(work)
+    secret = setups.hs256_secret()
+    path = setups.bench_path(1)
+    gws = [setups.start_gateway(work, "gw-profile", upstream, "EdDSA", secret, 1)]
+    gws[0].name = "current"
+    if baseline is not None:
+        old = setups.start_gateway(
+            work,
+            f"gw-profile-{baseline.short}",
+            upstream,
+            "EdDSA",
+            secret,
+            1,
+            gateway=baseline.gateway,
+            env=revisions.CLEAN_ENV,
+        )
+        old.name = baseline.label
+        gws.append(old)
+    for gw in gws:
+        check(gw, path, "bench")
+        if plan.warmup:
+            measure(gw, path, plan.connections, 1)
+    for gw in gws:
+        results: list[dict] = []
+
+        def load(gw=gw, results=results) -> None:
+            results.append(measure(gw, path, plan.connections, plan.seconds))
+
+        raw = profiling.record(gw.proc.pid, work / f"{gw.name}.stacks", plan.seconds, load)
+        by_category, by_leaf, total = profiling.categorize(raw)
+        report.profile[gw.name] = {
+            "categories": dict(by_category),
+            "leaves": dict(by_leaf.most_common(40)),
+            "total": total,
+            "run": results[0] if results else None,
+        }
+        progress(f"profile {gw.name}: {total} samples, {fmt_run(results[0]) if results else ''}")
+    for gw in gws:
+        procs.stop(gw.proc)
+    procs.stop(upstream.proc)
+
+
 def progress(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
@@ -676,6 +743,16 @@ def render(report: Report, plan: Plan) -> str:
             ],
         ]
         parts += [md_table(rows), ""]
+    if report.profile:
+        from collections import Counter
+
+        profiles = {
+            name: (Counter(p["categories"]), Counter(p["leaves"]), p["total"])
+            for name, p in report.profile.items()
+        }
+        parts += [md_table(profiling.table(profiles)), ""]
+        for name, profile in profiles.items():
+            parts += [md_table(profiling.top_leaves(name, profile)), ""]
     return "\n".join(parts)
 
 
@@ -710,8 +787,8 @@ def main(argv: list[str] | None = None) -> int:
         resolved = revisions.resolve(args.baseline)
         if resolved is None:
             parser.error(f"--baseline {args.baseline!r}: no such git revision in {revisions.REPO}")
-        if "main" not in sections:
-            parser.error("--baseline runs beside the main section: add main to --only")
+        if "main" not in sections and "profile" not in sections:
+            parser.error("--baseline runs beside the main or profile section: add one to --only")
     # a SIGTERM stops the run like Ctrl-C: everything started is stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if not args.no_install:
@@ -727,6 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         "routes": run_routes,
         "transfer": run_transfer,
         "idle": run_idle,
+        "profile": None,  # with the baseline, like main
     }
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         work = Path(tmp)
@@ -742,6 +820,9 @@ def main(argv: list[str] | None = None) -> int:
                     "pinned": baseline.pinned,
                 }
             for section in sections:
+                if section == "profile":
+                    run_profile(work, plan, report, baseline)
+                    continue
                 runner = runners[section]
                 if runner is None:
                     continue

@@ -31,6 +31,8 @@ class Target:
     url: str
     proc: subprocess.Popen
     cookie: str = ""  # Cookie header value the requests carry
+    headers: tuple[str, ...] = ()  # more request headers, "Name: value"
+    verdict: bool = False  # a forward-auth check: 200 with X-User-Id and no body
 
     @property
     def rss_kib(self) -> int:
@@ -183,6 +185,24 @@ def start_nginx_forward_auth(
         port,
     )
     return Target(name, f"http://127.0.0.1:{port}", proc, gateway.cookie)
+
+
+def verify_direct(gateway: Target, path: str) -> Target:
+    """wrk straight at a gateway's `/.auth/verify`, with the headers examples/nginx.conf sends
+    for a GET of `path`: what the check costs the gateway alone, without nginx's two hops."""
+    return Target(
+        f"{gateway.name}, /verify",
+        gateway.url,
+        gateway.proc,
+        gateway.cookie,
+        headers=(
+            "X-Forwarded-Method: GET",
+            f"X-Original-URI: {path}",
+            "X-Forwarded-Proto: http",
+            "X-Forwarded-Uri: ",
+        ),
+        verdict=True,
+    )
 
 
 def start_haproxy(work: Path, upstream: Target, secret: str, token: str) -> Target:

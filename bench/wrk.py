@@ -45,13 +45,22 @@ def parse(output: str) -> Result:
     return Result(rps, p50, p99, requests, errors)
 
 
-def run(url: str, connections: int, seconds: float, cookie: str = "", threads: int = 2) -> Result:
-    """wrk with `connections` keep-alive connections for `seconds`."""
+def run(
+    url: str,
+    connections: int,
+    seconds: float,
+    cookie: str = "",
+    threads: int = 2,
+    headers: tuple[str, ...] = (),
+) -> Result:
+    """wrk with `connections` keep-alive connections for `seconds` (`headers`: "Name: value")."""
     threads = max(1, min(threads, connections))
     args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
     args += ["--timeout", "10s"]
     if cookie:
         args += ["-H", f"Cookie: {cookie}"]
+    for header in headers:
+        args += ["-H", header]
     args.append(url)
     done = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:

@@ -22,6 +22,8 @@ def test_the_benchmark_runs_end_to_end_and_stops_what_it_started(tmp_path: Path)
         need(tool, shutil.which(tool) is not None, "the benchmark drives it")
     for module in ("gunicorn", "requests", "flask", "aiohttp", "httpx_aiohttp"):
         need(module, importlib.util.find_spec(module) is not None, "pip install -e '.[bench]'")
+    py_spy = Path(sys.executable).with_name("py-spy")
+    need("py-spy", py_spy.exists() or shutil.which("py-spy") is not None, "pip install py-spy")
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--no-install", "--json", str(out)],
@@ -44,6 +46,7 @@ def test_the_benchmark_runs_end_to_end_and_stops_what_it_started(tmp_path: Path)
         "5 gateway 1w EdDSA, refresh 12h",
         "6 nginx auth_request -> gateway 2w EdDSA",
         "6 nginx auth_request, verdict cached 1s",
+        "7 gateway 2w EdDSA /verify, no nginx",
     }
     for name, runs in report["main"].items():
         assert all(run["requests"] > 0 and run["errors"] == 0 for run in runs), name
@@ -55,6 +58,11 @@ def test_the_benchmark_runs_end_to_end_and_stops_what_it_started(tmp_path: Path)
         transfer = report["transfer"][kind]
         assert (transfer["status"], transfer["bytes"]) == (200, 8 << 20), kind
     assert report["idle"]["connections"] == report["idle"]["still_open_after"]
+    # py-spy sampled the gateway while wrk ran: its requests show up in the categories
+    profile = report["profile"]["current"]
+    assert profile["total"] > 0 and profile["run"]["requests"] > 0
+    assert profile["categories"].get("HTTP server (uvicorn, serve)", 0) > 0, profile
+    assert "| where the CPU goes" in done.stdout
     assert "| setup | req/s |" in done.stdout
     # everything it started is gone: no process still runs from its temporary directory
     leftover = subprocess.run(["pgrep", "-f", "gateway-bench-"], capture_output=True, text=True)
@@ -90,6 +98,7 @@ def test_the_benchmark_runs_a_baseline_revision_in_the_same_rounds(tmp_path: Pat
     short = report["baseline"]["short"]
     twins = {f"5 gateway {w}w {a} @{short}" for w in (1, 2) for a in ("EdDSA", "HS256")}
     twins.add(f"6 nginx auth_request -> gateway 2w EdDSA @{short}")
+    twins.add(f"7 gateway 2w EdDSA /verify, no nginx @{short}")
     assert twins <= set(report["main"])
     for name in twins:
         assert all(r["requests"] > 0 and r["errors"] == 0 for r in report["main"][name]), name
