@@ -507,21 +507,41 @@ def run_profile(work: Path, plan: Plan, report: Report, baseline: Baseline | Non
         check(gw, path, "bench")
         if plan.warmup:
             measure(gw, path, plan.connections, 1)
-    for gw in gws:
-        results: list[dict] = []
+    from collections import Counter
 
-        def load(gw=gw, results=results) -> None:
-            results.append(measure(gw, path, plan.connections, plan.seconds))
+    # interleaved rounds, as in main: the machine's drift falls on both alike
+    seconds = max(1, round(plan.seconds))
+    totals = {gw.name: (Counter(), Counter(), []) for gw in gws}
+    for round_no in range(plan.rounds):
+        for gw in gws:
+            results: list[dict] = []
 
-        raw = profiling.record(gw.proc.pid, work / f"{gw.name}.stacks", plan.seconds, load)
-        by_category, by_leaf, total = profiling.categorize(raw)
-        report.profile[gw.name] = {
-            "categories": dict(by_category),
-            "leaves": dict(by_leaf.most_common(40)),
+            def load(gw=gw, results=results) -> None:
+                results.append(measure(gw, path, plan.connections, seconds))
+
+            stacks = work / f"{gw.name}-{round_no}.stacks"
+            by_category, by_leaf, _ = profiling.categorize(
+                profiling.record(gw.proc.pid, stacks, seconds, load)
+            )
+            categories, leaves, runs = totals[gw.name]
+            categories.update(by_category)
+            leaves.update(by_leaf)
+            runs.extend(results)
+            progress(
+                f"profile round {round_no + 1}/{plan.rounds} {gw.name}: "
+                f"{sum(by_category.values())} samples, {fmt_run(results[0]) if results else ''}"
+            )
+    for name, (categories, leaves, runs) in totals.items():
+        total = sum(categories.values())
+        requests = sum(r["rps"] * seconds for r in runs)
+        report.profile[name] = {
+            "categories": dict(categories),
+            "leaves": dict(leaves.most_common(40)),
             "total": total,
-            "run": results[0] if results else None,
+            "runs": runs,
+            # every round's samples over every round's requests
+            "cpu_us_per_request": profiling.cpu_per_request(total, requests),
         }
-        progress(f"profile {gw.name}: {total} samples, {fmt_run(results[0]) if results else ''}")
     for gw in gws:
         procs.stop(gw.proc)
     procs.stop(upstream.proc)
@@ -750,7 +770,8 @@ def render(report: Report, plan: Plan) -> str:
             name: (Counter(p["categories"]), Counter(p["leaves"]), p["total"])
             for name, p in report.profile.items()
         }
-        parts += [md_table(profiling.table(profiles)), ""]
+        per_request = {name: p["cpu_us_per_request"] for name, p in report.profile.items()}
+        parts += [md_table(profiling.table(profiles, per_request)), ""]
         for name, profile in profiles.items():
             parts += [md_table(profiling.top_leaves(name, profile)), ""]
     return "\n".join(parts)

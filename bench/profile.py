@@ -1,8 +1,8 @@
 """The `profile` section: where one worker's CPU goes, sampled by py-spy while wrk runs.
 
 py-spy (`pip install -e '.[bench]'`) samples the 1-worker EdDSA gateway at 64 connections
-(and, with `--baseline`, the baseline's twin right after it, under the same load) and writes
-the collapsed stacks. Each sample goes to the category of its innermost frame that belongs to
+(and, with `--baseline`, the baseline's twin right after it, under the same load), in
+`--rounds` interleaved rounds, and writes the collapsed stacks. Each sample goes to the category of its innermost frame that belongs to
 one (json.dumps called by the access log counts as the access log; the access log's own call
 of the rest of the chain does not take the rest), so the shares add up to 100% of the samples
 in which the process ran Python code: py-spy without `--idle` leaves out the samples where the
@@ -42,6 +42,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("HTTP server (uvicorn, serve)", ("uvicorn/", "gateway/serve/", "httptools/")),
 )
 OTHER = "other (event loop, asyncio, interpreter)"
+RATE = 250  # samples per second: one per 4 ms that the process runs Python code
 
 
 def category_of(frame: str) -> str | None:
@@ -94,7 +95,7 @@ def record(pid: int, out: Path, seconds: float, load) -> str:
     spy = have_py_spy()
     if spy is None:
         raise RuntimeError("py-spy is missing: pip install -e '.[bench]'")
-    args = [spy, "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r", "250"]
+    args = [spy, "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r", str(RATE)]
     args += ["--format", "raw", "-o", str(out), "--nonblocking", "--subprocesses"]
     spy_proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     loader = threading.Thread(target=load, daemon=True)
@@ -106,16 +107,26 @@ def record(pid: int, out: Path, seconds: float, load) -> str:
     return out.read_text()
 
 
-def table(profiles: dict[str, tuple[Counter[str], Counter[str], int]]) -> list[list[str]]:
-    """Rows: each category's share of the samples in each profile."""
+def cpu_per_request(samples: int, requests: float) -> float:
+    """Microseconds of the process's CPU per request: its samples over the requests served
+    while they were taken (py-spy samples only while the process runs, RATE a second)."""
+    if not requests:
+        return float("nan")
+    return samples / RATE / requests * 1e6
+
+
+def table(profiles: dict[str, tuple[Counter[str], Counter[str], int]], per_request: dict):
+    """Rows: each category's share of the samples and its CPU microseconds per request."""
     names = list(profiles)
-    rows = [["where the CPU goes (1w EdDSA, c=64)", *[f"{n} %" for n in names]]]
+    rows = [["where the CPU goes (1w EdDSA, c=64)", *[f"{n}: % (µs/request)" for n in names]]]
     for label in [c for c, _ in CATEGORIES] + [OTHER]:
         cells = []
         for name in names:
             by_category, _, total = profiles[name]
-            cells.append(f"{100 * by_category[label] / total:.1f}" if total else "-")
+            share = by_category[label] / total if total else float("nan")
+            cells.append(f"{100 * share:.1f} ({share * per_request[name]:.1f})")
         rows.append([label, *cells])
+    rows.append(["all", *[f"100 ({per_request[n]:.1f})" for n in names]])
     rows.append(["samples", *[str(profiles[n][2]) for n in names]])
     return rows
 

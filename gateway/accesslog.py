@@ -7,9 +7,12 @@ header, cookie or body is ever read here.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import logging
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -68,6 +71,8 @@ def _write(line: str) -> None:
 
     A record, a handler lock and a formatter per request are what logging adds for a line
     that is already text; a host app that adds handlers or filters gets the logging path.
+    Inside an event loop the lines of one loop step are held and written together when the
+    step ends (one write for all the responses that finished in it).
     """
     if (
         log.handlers == [_OWN_HANDLER]
@@ -76,11 +81,46 @@ def _write(line: str) -> None:
         and not (log.disabled or _OWN_HANDLER.filters)
     ):
         if log.isEnabledFor(logging.INFO):
-            stream = sys.stdout
-            stream.write(line + "\n")
-            stream.flush()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                _emit([line])
+                return
+            # the lines of one event-loop step leave in one write, at the end of that step
+            held = _held.lines
+            if not held:
+                loop.call_soon(_flush, held)
+            held.append(line)
         return
     log.info(line)
+
+
+class _Held(threading.local):
+    """The lines written in this thread's current loop step (each loop runs in one thread)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+
+_held = _Held()
+
+
+def _emit(lines: list[str]) -> None:
+    stream = sys.stdout
+    stream.write("\n".join(lines) + "\n")
+    stream.flush()
+
+
+def _flush(held: list[str]) -> None:
+    """Write the lines held since the start of this loop step."""
+    if held:
+        lines = held[:]
+        held.clear()
+        _emit(lines)
+
+
+# a line whose loop step never ended (the process exits from inside it) is written at exit
+atexit.register(lambda: _flush(_held.lines))
 
 
 class _Exchange:
@@ -114,28 +154,57 @@ class _Exchange:
             # a close before accept is answered 403 by the server
             self.status = 403
 
-    def record(self) -> dict:
+    def line(self, duration_ms: float) -> str:
+        """The JSON line: json.dumps of the FIELDS in order, written out without building a
+        dict (tests/test_accesslog.py holds it to json.dumps' output)."""
         ctx: RequestContext | None = self.scope.get(SCOPE_KEY)
         scope = self.scope
-        client = scope.get("client")
-        user = None
         if ctx is not None:
             user = ctx.identity.sub if ctx.identity is not None else ctx.user_for_log
-        return {
-            "time": datetime.fromtimestamp(self.wall, UTC).isoformat(timespec="milliseconds"),
-            "request_id": ctx.request_id if ctx else None,
-            "client": ctx.view.ip if ctx else (client[0] if client else None),
-            "method": scope.get("method", "GET"),
-            "path": ctx.path if ctx else scope.get("path", ""),
-            "route": route_label(ctx, None),
-            "status": self.status if self.status is not None else CLIENT_CLOSED,
-            "upstream_status": ctx.upstream_status if ctx else None,
-            "user": user,
-            # why a presented cookie or bearer token was refused: "expired", "signature", ...
-            "auth_error": ctx.auth_error if ctx else None,
-            "duration_ms": round((time.perf_counter() - self.started) * 1000, 1),
-            "bytes": self.bytes,
-        }
+            request_id, client, path = ctx.request_id, ctx.view.ip, ctx.path
+            upstream_status, auth_error = ctx.upstream_status, ctx.auth_error
+        else:
+            peer = scope.get("client")
+            user = request_id = upstream_status = auth_error = None
+            client, path = (peer[0] if peer else None), scope.get("path", "")
+        status = self.status if self.status is not None else CLIENT_CLOSED
+        return (
+            f'{{"time": "{iso_millis(self.wall)}", "request_id": {_text(request_id)}, '
+            f'"client": {_text(client)}, "method": {_text(scope.get("method", "GET"))}, '
+            f'"path": {_text(path)}, "route": {_text(route_label(ctx, None))}, '
+            f'"status": {int(status)}, "upstream_status": {_number(upstream_status)}, '
+            f'"user": {_text(user)}, "auth_error": {_text(auth_error)}, '
+            f'"duration_ms": {float(duration_ms)!r}, "bytes": {int(self.bytes)}}}'
+        )
+
+
+def _text(value: str | None) -> str:
+    # the C encoder json.dumps uses (ensure_ascii: a control or non-ASCII character escaped)
+    return "null" if value is None else _encode_string(value)
+
+
+def _number(value: int | None) -> str:
+    return "null" if value is None else str(int(value))
+
+
+_encode_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_second_text: tuple[int, str] = (-1, "")
+
+
+def iso_millis(wall: float) -> str:
+    """`datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")`, with the part up
+    to the second formatted once per second."""
+    global _second_text
+    second = int(wall)
+    # as datetime rounds a timestamp: its fraction to microseconds, half to even
+    micro = round((wall - second) * 1_000_000)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    cached = _second_text
+    if cached[0] != second:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cached = _second_text = (second, text)
+    return f"{cached[1]}.{micro // 1000:03d}+00:00"
 
 
 def route_label(ctx: RequestContext | None, default: str | None = metrics.NO_ROUTE) -> str | None:
@@ -180,10 +249,9 @@ class AccessLog:
     def finish(exchange: _Exchange) -> None:
         """Write the line and count the request (once)."""
         exchange.done = True
-        record = exchange.record()
+        duration_ms = round((time.perf_counter() - exchange.started) * 1000, 1)
+        status = exchange.status if exchange.status is not None else CLIENT_CLOSED
         metrics.observe_request(
-            route_label(exchange.scope.get(SCOPE_KEY)),
-            record["status"],
-            record["duration_ms"] / 1000,
+            route_label(exchange.scope.get(SCOPE_KEY)), status, duration_ms / 1000
         )
-        _write(json.dumps(record))
+        _write(exchange.line(duration_ms))

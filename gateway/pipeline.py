@@ -59,12 +59,16 @@ def with_cookies(send: Send, cookies: list[str], ours: bytes) -> Send:
 
 
 class Pipeline:
-    """Pure ASGI: the core's verdict, then the refusal, an endpoint of ours or `allowed`."""
+    """Pure ASGI: the core's verdict, then the refusal, an endpoint of ours or `allowed`
+    (`upgrades` for an allowed websocket, when the app that takes them is another)."""
 
-    def __init__(self, core: Core, endpoints: ASGIApp, allowed: ASGIApp) -> None:
+    def __init__(
+        self, core: Core, endpoints: ASGIApp, allowed: ASGIApp, upgrades: ASGIApp | None = None
+    ) -> None:
         self.core = core
         self.endpoints = endpoints
         self.allowed = allowed
+        self.upgrades = upgrades or allowed
         self.prefix = core.prefix
         self.ours = core.authn.cookies.name.encode("latin-1") + b"="
 
@@ -89,6 +93,8 @@ class Pipeline:
         inner = {**scope, "path": ctx.path, "raw_path": encode_path(ctx.path), SCOPE_KEY: ctx}
         if ctx.endpoint:
             await self.endpoints(inner, receive, send)
+        elif scope["type"] == "websocket":
+            await self.upgrades(inner, receive, send)
         else:
             await self.allowed(inner, receive, send)
 
@@ -96,9 +102,16 @@ class Pipeline:
 class TracedPipeline(Pipeline):
     """The pipeline inside a request span, the decision in an `authenticate` span (telemetry)."""
 
-    def __init__(self, core: Core, endpoints: ASGIApp, allowed: ASGIApp, tracing: Tracing) -> None:
+    def __init__(
+        self,
+        core: Core,
+        endpoints: ASGIApp,
+        allowed: ASGIApp,
+        tracing: Tracing,
+        upgrades: ASGIApp | None = None,
+    ) -> None:
         traced = tracing.traced(core, "core", {"decide": "authenticate"})
-        super().__init__(traced, endpoints, allowed)
+        super().__init__(traced, endpoints, allowed, upgrades)
         self.tracing = tracing
 
     async def __call__(self, scope: dict, receive: Callable, send: Send) -> None:
@@ -108,10 +121,12 @@ class TracedPipeline(Pipeline):
         await self.tracing.request(scope, receive, send, super().__call__)
 
 
-def build_pipeline(rt: Runtime, router: Router, allowed: ASGIApp) -> Pipeline:
+def build_pipeline(
+    rt: Runtime, router: Router, allowed: ASGIApp, upgrades: ASGIApp | None = None
+) -> Pipeline:
     """The core's decision, then our endpoints or `allowed`: the proxy's forwarding, or the app
-    the middleware wraps."""
+    the middleware wraps; allowed websocket upgrades go to `upgrades` if given."""
     core = Core(rt, router)
     if rt.tracing is not None:
-        return TracedPipeline(core, Endpoints(rt, core), allowed, rt.tracing)
-    return Pipeline(core, Endpoints(rt, core), allowed)
+        return TracedPipeline(core, Endpoints(rt, core), allowed, rt.tracing, upgrades)
+    return Pipeline(core, Endpoints(rt, core), allowed, upgrades)

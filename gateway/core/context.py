@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.config import Route
-from gateway.core.ingress import ClientView
+from gateway.core.ingress import NO_BODY, ClientView, Framing
 
 SCOPE_KEY = "gateway"
 
@@ -24,7 +24,7 @@ class Identity:
     username: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestContext:
     """Per-request facts decided once and read by every later step."""
 
@@ -41,6 +41,8 @@ class RequestContext:
     set_cookies: list[str] = field(default_factory=list)  # added to the response
     upstream_status: int | None = None
     user_for_log: str | None = None
+    # the body's Content-Length or chunked framing, judged unambiguous by ingress
+    framing: Framing = NO_BODY
 
 
 def context_of(scope: dict) -> RequestContext:

@@ -13,13 +13,35 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HOST = re.compile(rb"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
 
-def framing_problem(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-    """Why the request's body framing is ambiguous (a smuggling vector), or None."""
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How the request's body is delimited, once its framing is judged unambiguous."""
+
+    length: int | None  # Content-Length, when the request has one
+    chunked: bool  # Transfer-Encoding: chunked
+
+
+NO_BODY = Framing(None, False)
+
+
+def read_framing(headers: Sequence[tuple[bytes, bytes]]) -> Framing | str:
+    """The request's body framing, or why it is ambiguous (a smuggling vector)."""
+    hosts = 0
+    lengths: list[bytes] = []
+    encodings: list[bytes] = []
+    # one pass over the headers: this runs for every request
+    for key, value in headers:
+        if key == b"host":
+            hosts += 1
+        elif key == b"content-length":
+            lengths.append(value)
+        elif key == b"transfer-encoding":
+            encodings.append(value)
     # two Host headers: the route may be matched on one and the upstream read the other
-    if sum(1 for k, _ in headers if k == b"host") > 1:
+    if hosts > 1:
         return "more than one Host header"
-    lengths = [v for k, v in headers if k == b"content-length"]
-    encodings = [v for k, v in headers if k == b"transfer-encoding"]
+    if not lengths and not encodings:
+        return NO_BODY
     if lengths and encodings:
         return "both Content-Length and Transfer-Encoding"
     if len(set(lengths)) > 1 or any(b"," in v for v in lengths):
@@ -28,7 +50,13 @@ def framing_problem(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
         return "invalid Content-Length"
     if encodings and (len(encodings) > 1 or encodings[0].strip().lower() != b"chunked"):
         return "unsupported Transfer-Encoding"
-    return None
+    return Framing(int(lengths[0]), False) if lengths else Framing(None, True)
+
+
+def framing_problem(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """Why the request's body framing is ambiguous (a smuggling vector), or None."""
+    framing = read_framing(headers)
+    return framing if isinstance(framing, str) else None
 
 
 @dataclass(frozen=True)

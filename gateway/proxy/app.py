@@ -26,7 +26,10 @@ class GatewayApp:
         self.runtime = rt = build_runtime(config, clock, store)
         self.clients = build_clients(config)
         forward = build_forward(config, self.clients, rt.nexthop, rt.tracing)
-        self.app = AccessLog(build_pipeline(rt, Router(config.routes), ProxyWebSocket(forward)))
+        # HTTP straight to forwarding; websocket upgrades to the proxy that opens the upstream's
+        self.app = AccessLog(
+            build_pipeline(rt, Router(config.routes), forward, ProxyWebSocket(forward))
+        )
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":

@@ -141,12 +141,13 @@ class Forward:
         ctx = context_of(scope)
         target = self.upstream_target(route, ctx.path, scope.get("query_string", b""))
         headers = self.nexthop.upstream_headers(ctx, scope["headers"], method)
-        length = _content_length(scope["headers"])
+        # as ingress judged it: one Content-Length, or chunked, or no body
+        length = ctx.framing.length
         content = None
         if length is not None:
             headers.append((b"content-length", str(length).encode()))
             content = _RequestBody(receive) if length else None
-        elif _chunked(scope["headers"]):
+        elif ctx.framing.chunked:
             content = _RequestBody(receive)
         return target, headers, content, length
 
@@ -193,17 +194,3 @@ def upstream_base_path(upstream: str) -> bytes:
         elif segment != ".":
             segments.append(segment)
     return quote("/".join(segments), safe=_BASE_PATH_SAFE).rstrip("/").encode("ascii")
-
-
-def _content_length(headers) -> int | None:
-    for key, value in headers:
-        if key == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-def _chunked(headers) -> bool:
-    return any(key == b"transfer-encoding" for key, _ in headers)

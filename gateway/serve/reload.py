@@ -111,7 +111,9 @@ class ReloadingApp:
         generation = self.current
         generation.enter()
         try:
-            await generation.app(scope, receive, send)
+            # straight to its request chain: GatewayApp.__call__ adds only the lifespan branch,
+            # answered here (one coroutine frame fewer for every resumption of a request)
+            await generation.app.app(scope, receive, send)
         finally:
             generation.leave()
 

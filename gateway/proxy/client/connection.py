@@ -51,6 +51,7 @@ class Connection(asyncio.Protocol):
         self.reset()
         self._write_paused = False
         self._drain: asyncio.Future | None = None
+        self._wait_timer: asyncio.TimerHandle | None = None
 
     def reset(self) -> None:
         """Forget the last response, before the connection carries the next request."""
@@ -211,15 +212,22 @@ class Connection(asyncio.Protocol):
         self.error = ProtocolError(reason)
         self.close()
 
-    async def wait(self, timeout: float, kind: type[UpstreamTimeout]) -> None:
-        """Wait for more from the upstream (bytes, end or error), at most `timeout` seconds."""
-        self.waiter = self.loop.create_future()
-        handle = self.loop.call_later(timeout, self._timeout, self.waiter, kind)
-        try:
-            await self.waiter
-        finally:
-            handle.cancel()
-            self.waiter = None
+    def wait(self, timeout: float, kind: type[UpstreamTimeout]) -> asyncio.Future:
+        """A future done at the next thing from the upstream (bytes, end or error), or failing
+        with `kind` after `timeout` seconds; the caller awaits it, then calls `waited()`.
+
+        A future, not a coroutine: a request's task resumes through one frame fewer.
+        """
+        waiter = self.waiter = self.loop.create_future()
+        self._wait_timer = self.loop.call_later(timeout, self._timeout, waiter, kind)
+        return waiter
+
+    def waited(self) -> None:
+        """The wait is over (done, failed or cancelled): stop its timer."""
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
+        self.waiter = None
 
     @staticmethod
     def _timeout(waiter: asyncio.Future, kind: type[UpstreamTimeout]) -> None:

@@ -64,7 +64,10 @@ class UpstreamResponse:
                 raise conn.error
             if conn.closed:
                 raise ReadFailed("the upstream closed the connection")
-            await conn.wait(self.timeout, ReadTimeout)
+            try:
+                await conn.wait(self.timeout, ReadTimeout)
+            finally:
+                conn.waited()
 
     async def aclose(self) -> None:
         """Return the connection to the pool if the exchange finished cleanly, else close it."""
@@ -230,7 +233,10 @@ class UpstreamPool:
                 left = deadline - loop.time()
                 if left <= 0:
                     raise ReadTimeout("the upstream did not answer in time")
-                await conn.wait(left, ReadTimeout)
+                try:
+                    await conn.wait(left, ReadTimeout)
+                finally:
+                    conn.waited()
             if conn.error is not None:
                 # the head came with more than one response (or a broken one): 502, not a guess
                 raise conn.error
