@@ -109,10 +109,46 @@ def test_a_closed_server_accepts_no_more():
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
-def test_workers_sharing_a_socket_keep_uvloops_own_accept():
-    """Greedy accept is for one worker; several keep uvloop's, which spreads connections."""
+def test_several_workers_each_listen_on_a_socket_of_their_own():
+    """Greedy accept for every worker: each of several on its own SO_REUSEPORT socket."""
     pytest.importorskip("uvloop")
     from gateway.serve.server import event_loop
 
     assert event_loop(1) == "gateway.serve.accept:new_event_loop"
-    assert event_loop(2) == event_loop(8) == "uvloop"
+    assert event_loop(2) == event_loop(8) == "gateway.serve.accept:new_worker_event_loop"
+
+
+def test_a_worker_swaps_the_supervisors_socket_for_its_own_on_the_same_address():
+    pytest.importorskip("uvloop")
+    from gateway.serve.accept import new_worker_event_loop, reuseport_socket
+
+    # the supervisor's: bound with SO_REUSEPORT, never listening
+    supervisors = reuseport_socket(("127.0.0.1", 0))
+    port = supervisors.getsockname()[1]
+    inherited = supervisors.dup()  # what a worker process receives
+    loop = new_worker_event_loop()
+
+    async def serve() -> tuple[int, bool]:
+        server = await asyncio.get_running_loop().create_server(Counted, sock=inherited)
+        [own] = server.sockets
+        own_socket = own is not inherited and own.getsockname()[1] == port
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        for _ in range(ITERATIONS):
+            await asyncio.sleep(0)
+        made = len(Counted.made)
+        client.close()
+        for transport in Counted.made:
+            transport.close()
+        server.close()
+        await server.wait_closed()
+        return made, own_socket
+
+    Counted.made = []
+    try:
+        made, own_socket = loop.run_until_complete(serve())
+    finally:
+        loop.close()
+    assert (made, own_socket) == (1, True)
+    assert inherited.fileno() == -1  # the worker's copy is closed; the supervisor's stays
+    assert supervisors.fileno() != -1
+    supervisors.close()

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Iterator
 
@@ -99,21 +100,50 @@ def protocol_factory(config: Config) -> functools.partial:
 
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# uvicorn's loop: a loop factory, uvloop with asyncio's greedy accept (serve/accept.py)
+# uvicorn's loop: a loop factory, uvloop with asyncio's greedy accept (serve/accept.py), and
+# for several workers each on a SO_REUSEPORT socket of its own
 ACCEPTING_UVLOOP = "gateway.serve.accept:new_event_loop"
+WORKER_UVLOOP = "gateway.serve.accept:new_worker_event_loop"
 
 
 def event_loop(workers: int) -> str:
-    """uvicorn's `loop` for this many workers: uvloop, accepting greedily when it is alone.
+    """uvicorn's `loop` for this many workers: uvloop, accepting greedily.
 
     One worker takes every waiting connection at once (serve/accept.py: the tail at 256
-    connections). Workers sharing a socket keep uvloop's one accept per loop iteration: a
-    busy worker then takes new connections more slowly than an idle one, which spreads them
-    (greedy, one worker took 46 of 64 connections and two served 0.81x the requests; run E).
+    connections). Several workers each listen on their own SO_REUSEPORT socket, among which
+    the kernel spreads connections, and accept greedily from it (a greedy accept on one shared
+    socket let one worker take 46 of 64 connections; run E).
     """
     if importlib.util.find_spec("uvloop") is None:
         return "asyncio"
-    return ACCEPTING_UVLOOP if workers <= 1 else "uvloop"
+    return ACCEPTING_UVLOOP if workers <= 1 else WORKER_UVLOOP
+
+
+def worker_socket(settings) -> socket.socket:
+    """The supervisor's socket for several workers: bound with SO_REUSEPORT, never listening;
+    each worker listens on its own copy of the address (serve/accept.py's ReusePortLoop).
+
+    Without uvloop (or SO_REUSEPORT) the workers share uvicorn's socket as uvicorn binds it.
+    """
+    if not hasattr(socket, "SO_REUSEPORT") or settings.loop != WORKER_UVLOOP:
+        return settings.bind_socket()
+    from uvicorn.config import STARTUP_FAILURE
+
+    from gateway.serve.accept import reuseport_socket
+
+    # uvicorn's own socket first, as it always binds it: an address in use fails here as it
+    # would there. (SO_REUSEPORT alone would let a second gateway of the same user bind the
+    # same port and silently take half its connections.)
+    plain = settings.bind_socket()
+    address, family = plain.getsockname(), plain.family
+    plain.close()
+    try:
+        sock = reuseport_socket(address, family)
+    except OSError as exc:
+        logging.getLogger("uvicorn.error").error(exc)
+        raise SystemExit(STARTUP_FAILURE) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @contextlib.contextmanager
@@ -193,7 +223,7 @@ def _run_uvicorn(config: Config, workers: int) -> None:
         if workers > 1:
             from gateway.serve.reload import forwarding_supervisor
 
-            forwarding_supervisor()(settings, sockets=[settings.bind_socket()]).run()
+            forwarding_supervisor()(settings, sockets=[worker_socket(settings)]).run()
         else:
             # bound here, not by uvicorn, so that serve/accept.py's server accepts from it
             server.run(sockets=[settings.bind_socket()])
