@@ -1,9 +1,9 @@
 """Prometheus metrics, and the admin listener that serves them apart from the public port.
 
-With `gateway run --workers N` every worker is its own process: `serve()` points
+With `gateway run --workers N` (N > 1) every worker is its own process: `serve()` points
 PROMETHEUS_MULTIPROC_DIR at a fresh directory before this module is first imported, each
 worker writes its values to files there, and the admin listener (in the parent) sums them.
-A single-process gateway that imported this module without that variable counts in memory.
+A single-process gateway (one worker, or the middleware) counts in memory.
 """
 
 from __future__ import annotations

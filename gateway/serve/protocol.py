@@ -43,6 +43,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.limits = limits
         self._reading_head = True
+        self._in_head = False  # a head has begun and not ended (its deadline runs)
         self._head_bytes = 0  # bytes received while the head is incomplete
         self._url_bytes = 0
         self._header_bytes = 0
@@ -91,6 +92,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(
                 HeadRefused(431, "headers_too_large", "The request headers are too large.")
             )
+        elif self._in_head:
+            # a head begun in these bytes and not ended in them: its deadline starts now (a head
+            # that arrives whole, nearly every one, never needs a timer)
+            self._arm_head_timer()
 
     # parser callbacks
 
@@ -98,8 +103,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """A new request head starts: reset the counters, keep any running deadline."""
         super().on_message_begin()
         self._reading_head = True
+        self._in_head = True
         self._url_bytes = self._header_bytes = self._header_count = 0
-        self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
         """Count the request target; 414 past the limit."""
@@ -124,6 +129,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         """The head is whole: stop its clock and hand the request on."""
         self._reading_head = False
+        self._in_head = False
         self._head_bytes = 0
         self._cancel_head_timer()
         super().on_headers_complete()

@@ -36,6 +36,19 @@ def test_a_head_that_never_ends_gets_408_and_is_closed(gw, upstream):
     assert nothing_forwarded(upstream)
 
 
+def test_a_second_head_that_never_ends_on_a_kept_alive_connection_gets_408(gw, upstream):
+    # the first request is whole and answered; the deadline of the next head starts with the
+    # bytes that begin it (on_message_begin), even though the connection is an old one
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(_head(gw) + b"\r\n")
+        first = _answer_within(sock, HEADER_TIMEOUT * 8)
+        assert first is not None and first.status != 408
+        sock.sendall(_head(gw) + b"X-Slow: 1\r\n")
+        second = _answer_within(sock, HEADER_TIMEOUT * 8)
+        assert second is not None and second.status == 408
+        assert sock.recv(1) == b""
+
+
 def test_a_connection_that_sends_nothing_is_closed(gw, upstream):
     with socket.create_connection(("127.0.0.1", gw.port)) as sock:
         response = _answer_within(sock, HEADER_TIMEOUT * 8)
