@@ -264,12 +264,13 @@ def run_main(work: Path, plan: Plan, report: Report, baseline: Baseline | None =
 
 # the hot path, one change at a time (1 worker, EdDSA, 64 connections); see bench/launch.py
 STEPS = {
-    "0 as first built: httpx.AsyncClient": "httpx,nocache,pyjwt,nofreeze,nocoalesce",
-    "1 + own HTTP/1.1 pool (upstream_pool)": "nocache,pyjwt,nofreeze,nocoalesce",
-    "2 + verified-token cache": "pyjwt,nofreeze,nocoalesce",
-    "3 + compact assertion signer": "nofreeze,nocoalesce",
-    "4 + gc.freeze": "nocoalesce",
-    "5 + one write per response (= the gateway now)": "none",
+    "0 as first built: httpx.AsyncClient": "httpx,nocache,pyjwt,nofreeze,nocoalesce,noassertcache",
+    "1 + own HTTP/1.1 pool (upstream_pool)": "nocache,pyjwt,nofreeze,nocoalesce,noassertcache",
+    "2 + verified-token cache": "pyjwt,nofreeze,nocoalesce,noassertcache",
+    "3 + compact assertion signer": "nofreeze,nocoalesce,noassertcache",
+    "4 + gc.freeze": "nocoalesce,noassertcache",
+    "5 + one write per response": "noassertcache",
+    "6 + assertion once per session and route (= the gateway now)": "none",
     "T httpx over httpx-aiohttp": "httpx-aiohttp",
     "T aiohttp.ClientSession": "aiohttp",
     "T httpx.AsyncClient": "httpx",

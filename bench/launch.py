@@ -3,7 +3,9 @@
 For the before/after steps in bench/RESULTS.md. BENCH_VARIANT is a comma-separated list:
   httpx | httpx-aiohttp | aiohttp   forward with that client instead of gateway.proxy.client
   nocache                           verify every token in full (no gateway.auth.tokencache)
-  pyjwt                             mint assertions with jwt.encode, parse key ids every time
+  pyjwt                             sign assertions with jwt.encode, parse key ids every time
+  noassertcache                     sign an assertion for every request (no
+                                    gateway.auth.assertions reuse per session and route)
   nofreeze                          no gc.freeze() after the app is built
   asyncio-h11 | asyncio | h11       uvicorn on asyncio's loop and/or h11, not uvloop/httptools
   uvaccept                          uvloop's own server: one accept per loop iteration
@@ -48,29 +50,39 @@ def apply(variant: set[str]) -> None:
 
         import jwt
 
-        def mint_assertion(self, sub, roles, route, method, path, amr=()):
-            # the gateway's mint_assertion before the compact signer, verbatim
+        def sign_assertion(self, key, sub, roles, route, method, path, amr):
+            # the assertion signed by PyJWT's general encode, as before the compact signer
             now = int(self.clock())
-            payload = {
-                "iss": self.issuer,
-                "aud": route,
-                "sub": sub,
-                "roles": list(roles),
-                "method": method,
-                "path": path,
-                "amr": list(amr),
-                "jti": secrets.token_urlsafe(12),
-                "iat": now,
-                "nbf": now,
-                "exp": now + gateway.auth.tokens.ASSERTION_TTL,
-            }
-            key = self.keyring.signing_key()
-            return jwt.encode(
+            payload = {"iss": self.issuer, "aud": route, "sub": sub, "roles": list(roles)}
+            if method is not None and path is not None:
+                payload["method"] = method
+                payload["path"] = path
+            payload["amr"] = list(amr)
+            payload["jti"] = secrets.token_urlsafe(12)
+            payload["iat"] = now
+            payload["nbf"] = now
+            payload["exp"] = now + gateway.auth.tokens.ASSERTION_TTL
+            token = jwt.encode(
                 payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid}
             )
+            return token, now
 
-        gateway.auth.tokens.Tokens.mint_assertion = mint_assertion
+        gateway.auth.tokens.Tokens.sign_assertion = sign_assertion
         gateway.auth.keys.created_at = gateway.auth.keys.created_at.__wrapped__
+    if "noassertcache" in variant:
+        import gateway.core.nexthop
+
+        class EveryRequest:
+            """A new assertion signed for every request, as before the reuse."""
+
+            def __init__(self, tokens) -> None:
+                self.tokens = tokens
+
+            def assertion(self, sid, sub, roles, route, amr, method=None, path=None):
+                value = self.tokens.mint_assertion(sub, roles, route, method, path, amr)
+                return value.encode("ascii")
+
+        gateway.core.nexthop.AssertionCache = EveryRequest
     server = {}
     if "uvaccept" in variant:
         server["loop"] = "uvloop"
