@@ -46,22 +46,12 @@ def apply(variant: set[str]) -> None:
 
         gateway.core.authn.VerifiedTokens = Uncached
     if "pyjwt" in variant:
-        import secrets
-
         import jwt
 
         def sign_assertion(self, key, sub, roles, route, method, path, amr):
-            # the assertion signed by PyJWT's general encode, as before the compact signer
+            # the same claims signed by PyJWT's general encode, as before the compact signer
             now = int(self.clock())
-            payload = {"iss": self.issuer, "aud": route, "sub": sub, "roles": list(roles)}
-            if method is not None and path is not None:
-                payload["method"] = method
-                payload["path"] = path
-            payload["amr"] = list(amr)
-            payload["jti"] = secrets.token_urlsafe(12)
-            payload["iat"] = now
-            payload["nbf"] = now
-            payload["exp"] = now + gateway.auth.tokens.ASSERTION_TTL
+            payload = self.assertion_claims(now, sub, roles, route, method, path, amr)
             token = jwt.encode(
                 payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid}
             )
