@@ -87,10 +87,12 @@ def _write(line: str) -> None:
                 _emit([line])
                 return
             # the lines of one event-loop step leave in one write, at the end of that step
-            held = _held.lines
-            if not held:
-                loop.call_soon(_flush, held)
-            held.append(line)
+            held = _held
+            if not held.lines or held.loop is not loop:
+                # (a loop that stopped before its flush ran leaves lines for the next one)
+                held.loop = loop
+                loop.call_soon(_flush, held.lines)
+            held.lines.append(line)
         return
     log.info(line)
 
@@ -100,6 +102,7 @@ class _Held(threading.local):
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.loop: asyncio.AbstractEventLoop | None = None  # where their flush is scheduled
 
 
 _held = _Held()

@@ -115,3 +115,23 @@ def test_the_lines_of_one_loop_step_leave_in_one_write_and_none_is_held_back(mon
     assert writes[-1] == '{"n": 3}\n'
     accesslog._write('{"n": 4}')  # outside any loop: at once
     assert writes[-1] == '{"n": 4}\n'
+
+    # a loop closed before its flush ran: the next loop in this thread writes what it held
+    loop = asyncio.new_event_loop()
+
+    async def stopped() -> None:
+        accesslog._write('{"n": 5}')
+        asyncio.get_running_loop().stop()
+
+    task = loop.create_task(stopped())
+    loop.run_forever()
+    assert task.done()
+    loop.close()
+    assert writes[-1] == '{"n": 4}\n'
+
+    async def next_loop() -> None:
+        accesslog._write('{"n": 6}')
+        await asyncio.sleep(0)
+
+    asyncio.run(next_loop())
+    assert writes[-1] == '{"n": 5}\n{"n": 6}\n'
