@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -508,8 +509,6 @@ def run_profile(work: Path, plan: Plan, report: Report, baseline: Baseline | Non
         check(gw, path, "bench")
         if plan.warmup:
             measure(gw, path, plan.connections, 1)
-    from collections import Counter
-
     # interleaved rounds, as in main: the machine's drift falls on both alike
     seconds = max(1, round(plan.seconds))
     totals = {gw.name: (Counter(), Counter(), []) for gw in gws}
@@ -765,8 +764,6 @@ def render(report: Report, plan: Plan) -> str:
         ]
         parts += [md_table(rows), ""]
     if report.profile:
-        from collections import Counter
-
         profiles = {
             name: (Counter(p["categories"]), Counter(p["leaves"]), p["total"])
             for name, p in report.profile.items()
