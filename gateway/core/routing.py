@@ -40,7 +40,7 @@ def normalize_path(raw_path: bytes) -> str | BadPath:
         and b"//" not in raw_path
         and b"/." not in raw_path
     ):
-        # the common case, without the byte-by-byte walk (tests/test_routing.py holds the two
+        # the common case, without the byte-by-byte walk (tests/test_paths.py holds the two
         # to the same answers)
         return raw_path.decode("ascii")
     return _normalize_walk(raw_path)
