@@ -264,16 +264,14 @@ def run_main(work: Path, plan: Plan, report: Report, baseline: Baseline | None =
 
 
 # the hot path, one change at a time (1 worker, EdDSA, 64 connections); see bench/launch.py
-_BEFORE_6 = "nocoalesce,noassertcache,gcdefault"
 STEPS = {
-    "0 as first built: httpx.AsyncClient": f"httpx,nocache,pyjwt,nofreeze,{_BEFORE_6}",
-    "1 + own HTTP/1.1 pool (upstream_pool)": f"nocache,pyjwt,nofreeze,{_BEFORE_6}",
-    "2 + verified-token cache": f"pyjwt,nofreeze,{_BEFORE_6}",
-    "3 + compact assertion signer": f"nofreeze,{_BEFORE_6}",
-    "4 + gc.freeze": _BEFORE_6,
-    "5 + one write per response": "noassertcache,gcdefault",
-    "6 + assertion once per session and route": "gcdefault",
-    "7 + young GC generation 10,000 (= the gateway now)": "none",
+    "0 as first built: httpx.AsyncClient": "httpx,nocache,pyjwt,nofreeze,nocoalesce,noassertcache",
+    "1 + own HTTP/1.1 pool (upstream_pool)": "nocache,pyjwt,nofreeze,nocoalesce,noassertcache",
+    "2 + verified-token cache": "pyjwt,nofreeze,nocoalesce,noassertcache",
+    "3 + compact assertion signer": "nofreeze,nocoalesce,noassertcache",
+    "4 + gc.freeze": "nocoalesce,noassertcache",
+    "5 + one write per response": "noassertcache",
+    "6 + assertion once per session and route (= the gateway now)": "none",
     "T httpx over httpx-aiohttp": "httpx-aiohttp",
     "T aiohttp.ClientSession": "aiohttp",
     "T httpx.AsyncClient": "httpx",

@@ -7,7 +7,6 @@ For the before/after steps in bench/RESULTS.md. BENCH_VARIANT is a comma-separat
   noassertcache                     sign an assertion for every request (no
                                     gateway.auth.assertions reuse per session and route)
   nofreeze                          no gc.freeze() after the app is built
-  gcdefault                         the cyclic GC's default young-generation threshold (700)
   asyncio-h11 | asyncio | h11       uvicorn on asyncio's loop and/or h11, not uvloop/httptools
   uvaccept                          uvloop's own server: one accept per loop iteration
                                     (no gateway.serve.accept)
@@ -97,10 +96,6 @@ def apply(variant: set[str]) -> None:
         gateway.serve.protocol.CoalescingTransport = lambda transport, loop: transport
     if "nofreeze" in variant:
         gc.freeze = lambda: None
-    if "gcdefault" in variant:
-        import gateway.serve.worker
-
-        gateway.serve.worker.YOUNG_GENERATION = gc.get_threshold()[0]
 
 
 if __name__ == "__main__":

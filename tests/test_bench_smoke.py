@@ -51,7 +51,7 @@ def test_the_benchmark_runs_end_to_end_and_stops_what_it_started(tmp_path: Path)
     for name, runs in report["main"].items():
         assert all(run["requests"] > 0 and run["errors"] == 0 for run in runs), name
     assert set(report["routes"]) == {"1", "100", "10,000", "10,000 without gc.freeze"}
-    assert len(report["steps"]) == 12
+    assert len(report["steps"]) == 11
     for name, runs in [*report["routes"].items(), *report["steps"].items()]:
         assert all(run["requests"] > 0 and run["errors"] == 0 for run in runs), name
     for kind in ("download", "upload"):

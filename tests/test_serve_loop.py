@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -154,25 +152,3 @@ def test_a_worker_swaps_the_supervisors_socket_for_its_own_on_the_same_address()
     assert inherited.fileno() == -1  # the worker's copy is closed; the supervisor's stays
     assert supervisors.fileno() != -1
     supervisors.close()
-
-
-def test_a_worker_serves_with_its_config_frozen_and_a_larger_young_generation(tmp_path):
-    """gc.freeze() after the app is built, then fewer young collections (serve/worker.py)."""
-    from tests.conftest import add_users, free_port, standard_routes, write_config
-
-    dead = f"http://127.0.0.1:{free_port()}"
-    config = write_config(tmp_path, free_port(), standard_routes(dead, dead))
-    add_users(tmp_path / "users.toml")
-    probe = (
-        "import gc, os\n"
-        f"os.environ['GATEWAY_CONFIG'] = {str(config)!r}\n"
-        "from gateway.serve.worker import YOUNG_GENERATION, app_from_env\n"
-        "before = gc.get_threshold()\n"
-        "app_from_env()\n"
-        "print(before[0], gc.get_threshold()[0], YOUNG_GENERATION, gc.get_freeze_count() > 0)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["700", "10000", "10000", "True"]

@@ -10,10 +10,6 @@ from gateway.proxy.app import GatewayApp
 from gateway.serve.reload import ReloadingApp
 
 CONFIG_ENV = "GATEWAY_CONFIG"
-# the cyclic GC's young-generation threshold while serving (Python's default: 700). Requests
-# leave short-lived cycles (tasks, futures, their callbacks) that only the collector frees; at
-# 700 it ran every ~55 requests and took 7.6 µs per request, at 10,000 0.9 µs (bench/RESULTS.md)
-YOUNG_GENERATION = 10_000
 
 
 def app_from_env() -> ReloadingApp:
@@ -29,6 +25,4 @@ def app_from_env() -> ReloadingApp:
     # full collections (with 10,000 routes each one was a pause that set p99 near 100 ms)
     gc.collect()
     gc.freeze()
-    # fewer, larger young collections: the same cycles freed, a tenth of the time spent on it
-    gc.set_threshold(YOUNG_GENERATION, *gc.get_threshold()[1:])
     return app
