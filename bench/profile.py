@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 # (category, substrings of a frame "function (path:line)"); a frame takes the first that matches
@@ -90,7 +91,7 @@ def have_py_spy() -> str | None:
     return shutil.which("py-spy")
 
 
-def record(pid: int, out: Path, seconds: float, load) -> str:
+def record(pid: int, out: Path, seconds: float, load: Callable[[], None]) -> str:
     """Sample `pid` (and its children) for `seconds` while `load()` runs; the raw stacks."""
     spy = have_py_spy()
     if spy is None:
@@ -115,7 +116,9 @@ def cpu_per_request(samples: int, requests: float) -> float:
     return samples / RATE / requests * 1e6
 
 
-def table(profiles: dict[str, tuple[Counter[str], Counter[str], int]], per_request: dict):
+def table(
+    profiles: dict[str, tuple[Counter[str], Counter[str], int]], per_request: dict[str, float]
+) -> list[list[str]]:
     """Rows: each category's share of the samples and its CPU microseconds per request."""
     names = list(profiles)
     rows = [["where the CPU goes (1w EdDSA, c=64)", *[f"{n}: % (µs/request)" for n in names]]]
@@ -131,7 +134,9 @@ def table(profiles: dict[str, tuple[Counter[str], Counter[str], int]], per_reque
     return rows
 
 
-def top_leaves(name: str, profile: tuple[Counter[str], Counter[str], int], n: int = 12):
+def top_leaves(
+    name: str, profile: tuple[Counter[str], Counter[str], int], n: int = 12
+) -> list[list[str]]:
     """Rows: the functions most samples ended in (self time)."""
     _, by_leaf, total = profile
     rows = [[f"self time, {name}", "%"]]

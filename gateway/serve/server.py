@@ -12,8 +12,12 @@ import signal
 import socket
 import tempfile
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from gateway.config import Config
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def configure_logging() -> None:
@@ -119,7 +123,7 @@ def event_loop(workers: int) -> str:
     return ACCEPTING_UVLOOP if workers <= 1 else WORKER_UVLOOP
 
 
-def worker_socket(settings) -> socket.socket:
+def worker_socket(settings: uvicorn.Config) -> socket.socket:
     """The supervisor's socket for several workers: bound with SO_REUSEPORT, never listening;
     each worker listens on its own copy of the address (serve/accept.py's ReusePortLoop).
 
