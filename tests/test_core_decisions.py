@@ -16,7 +16,7 @@ import pytest
 from gateway.config import Route, build_config
 from gateway.core.context import Identity, RequestContext
 from gateway.core.csrf import allowed_origins, cross_site
-from gateway.core.ingress import ClientView, client_view, framing_problem
+from gateway.core.ingress import ClientView, client_view, read_framing
 from gateway.core.nexthop import response_headers
 from gateway.core.policy import Decision, Outcome, decide
 from gateway.core.routing import BadPath, normalize_forwarded_uri
@@ -402,7 +402,7 @@ def test_client_view(trusted, request_scope, expected):
     assert client_view(request_scope, trusted) == expected
 
 
-# -- framing: framing_problem(headers) -----------------------------------------------------
+# -- framing: read_framing(headers), the refusal it names ---------------------------------
 
 
 @pytest.mark.parametrize(
@@ -459,7 +459,9 @@ def test_client_view(trusted, request_scope, expected):
     ],
 )
 def test_framing_problem(request_headers, expected):
-    assert framing_problem(headers(*request_headers)) == expected
+    framing = read_framing(headers(*request_headers))
+    problem = framing if isinstance(framing, str) else None
+    assert problem == expected
 
 
 # -- forward-auth URIs: normalize_forwarded_uri(uri) ---------------------------------------

@@ -53,12 +53,6 @@ def read_framing(headers: Sequence[tuple[bytes, bytes]]) -> Framing | str:
     return Framing(int(lengths[0]), False) if lengths else Framing(None, True)
 
 
-def framing_problem(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-    """Why the request's body framing is ambiguous (a smuggling vector), or None."""
-    framing = read_framing(headers)
-    return framing if isinstance(framing, str) else None
-
-
 @dataclass(frozen=True)
 class ClientView:
     """Who the client is and what it asked for, believing forwarded headers only from trust."""
