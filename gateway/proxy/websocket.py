@@ -63,17 +63,14 @@ def upstream_uri(upstream: str, target: bytes) -> str:
 
 
 class ProxyWebSocket:
-    """Pure ASGI: websocket scopes go to the route's upstream; anything else to the next app."""
+    """Pure ASGI for allowed websocket upgrades (the pipeline's `upgrades`): the route's
+    upstream first, then the client."""
 
     def __init__(self, forward: Forward) -> None:
-        # the HTTP step behind us builds the same upstream target and headers for an upgrade
-        self.app = forward
+        # the HTTP step builds the same upstream target and headers for an upgrade
         self.forward = forward
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "websocket":
-            await self.app(scope, receive, send)
-            return
         ctx = context_of(scope)
         route = ctx.route
         assert route is not None  # the core answered 404 before this
