@@ -4,6 +4,7 @@ For the before/after steps in bench/RESULTS.md. BENCH_VARIANT is a comma-separat
   httpx | httpx-aiohttp | aiohttp   forward with that client instead of gateway.proxy.client
   nocache                           verify every token in full (no gateway.auth.tokencache)
   pyjwt                             sign assertions with jwt.encode, parse key ids every time
+                                    (the same claims; only the signer is PyJWT's)
   noassertcache                     sign an assertion for every request (no
                                     gateway.auth.assertions reuse per session and route)
   nofreeze                          no gc.freeze() after the app is built
@@ -48,16 +49,19 @@ def apply(variant: set[str]) -> None:
     if "pyjwt" in variant:
         import jwt
 
-        def sign_assertion(self, key, sub, roles, route, method, path, amr):
-            # the same claims signed by PyJWT's general encode, as before the compact signer
-            now = int(self.clock())
-            payload = self.assertion_claims(now, sub, roles, route, method, path, amr)
-            token = jwt.encode(
-                payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid}
-            )
-            return token, now
+        class PyJWTSigner:
+            """PyJWT's general encode, as assertions were signed before the compact signer."""
 
-        gateway.auth.tokens.Tokens.sign_assertion = sign_assertion
+            def __init__(self, key) -> None:
+                self.key = key
+
+            def sign(self, payload: dict) -> str:
+                key = self.key
+                return jwt.encode(
+                    payload, key.private, algorithm=key.algorithm, headers={"kid": key.kid}
+                )
+
+        gateway.auth.tokens.Tokens._signer = lambda self, key: PyJWTSigner(key)
         gateway.auth.keys.created_at = gateway.auth.keys.created_at.__wrapped__
     if "noassertcache" in variant:
         import gateway.core.nexthop

@@ -223,20 +223,6 @@ class Tokens:
     ) -> tuple[str, int]:
         """mint_assertion with this key; also returns its `iat` (exp = iat + ASSERTION_TTL)."""
         now = int(self.clock())
-        payload = self.assertion_claims(now, sub, roles, route, method, path, amr)
-        return self._signer(key).sign(payload), now
-
-    def assertion_claims(
-        self,
-        now: int,
-        sub: str,
-        roles: tuple[str, ...],
-        route: str,
-        method: str | None,
-        path: str | None,
-        amr: tuple[str, ...],
-    ) -> dict[str, Any]:
-        """The assertion's payload, minted at `now` (a fresh jti each time)."""
         payload: dict[str, Any] = {
             "iss": self.issuer,
             "aud": route,
@@ -251,7 +237,7 @@ class Tokens:
         payload["iat"] = now
         payload["nbf"] = now
         payload["exp"] = now + ASSERTION_TTL
-        return payload
+        return self._signer(key).sign(payload), now
 
     def _signer(self, key: SigningKey) -> _CompactSigner:
         # one per signing key: the header segment and the prepared key are built once
