@@ -235,23 +235,17 @@ def run_main(work: Path, plan: Plan, report: Report, baseline: Baseline | None =
         swept.append(gateways[(workers, "EdDSA")])
         if baseline is not None:
             swept.append(before[(workers, "EdDSA")])
-    if plan.sweep_rounds:
-        # uvloop serves more req/s, but one worker's tail at 256 connections is long: shown
-        plain = setups.start_gateway(
-            work, "gw-1w-asyncio", upstream, "EdDSA", secret, 1, variant="asyncio"
+    # one worker on asyncio's loop (fewer req/s than uvloop), and on uvloop's own server,
+    # which accepts one connection per loop iteration (the tail at 256 connections: run E)
+    sweep_variants = (("asyncio", "asyncio loop"), ("uvaccept", "one accept per iteration"))
+    for variant, label in sweep_variants if plan.sweep_rounds else ():
+        gw = setups.start_gateway(
+            work, f"gw-1w-{variant}", upstream, "EdDSA", secret, 1, variant=variant
         )
-        plain.name = "5 gateway 1w EdDSA, asyncio loop"
-        check(plain, path, "bench")
-        swept.append(plain)
-        targets.append((plain, path, "bench"))
-        # uvloop's own server, which accepts one connection per loop iteration (run E)
-        single = setups.start_gateway(
-            work, "gw-1w-uvaccept", upstream, "EdDSA", secret, 1, variant="uvaccept"
-        )
-        single.name = "5 gateway 1w EdDSA, one accept per iteration"
-        check(single, path, "bench")
-        swept.append(single)
-        targets.append((single, path, "bench"))
+        gw.name = f"5 gateway 1w EdDSA, {label}"
+        check(gw, path, "bench")
+        swept.append(gw)
+        targets.append((gw, path, "bench"))
     for round_no in range(plan.sweep_rounds):
         for connections in plan.sweep:
             for gw in swept:
