@@ -79,6 +79,28 @@ def test_a_dripping_head_is_not_kept_alive_by_its_drip(gw, upstream):
     assert nothing_forwarded(upstream)
 
 
+# uvicorn's timeout_keep_alive, which the gateway keeps
+KEEP_ALIVE = 5.0
+
+
+def test_a_kept_alive_connection_lives_while_used_and_closes_when_idle(gw, upstream):
+    # requests 2 s apart, well past the idle limit in all: the limit counts from the last
+    # response, and an idle connection is closed soon after it
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        reader = sock.makefile("rb")
+        sock.settimeout(HEADER_TIMEOUT * 8)
+        for _ in range(4):
+            sock.sendall(_head(gw) + b"\r\n")
+            answer = read_from(reader)
+            assert answer.status != 408
+            time.sleep(KEEP_ALIVE * 0.4)
+        # idle now: closed a little after the limit, not long after
+        idle_from = time.monotonic()
+        sock.settimeout(KEEP_ALIVE * 3)
+        assert sock.recv(1) == b""
+        assert KEEP_ALIVE * 0.5 < time.monotonic() - idle_from + KEEP_ALIVE * 0.4 < KEEP_ALIVE * 2
+
+
 def test_an_oversized_request_line_is_414(gw, upstream):
     data = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     response = raw(gw, data)

@@ -171,6 +171,19 @@ def _trickle() -> Answer:
     return pieces
 
 
+# response header lines holding bytes no header may carry to the client; the rest is valid
+FORBIDDEN_HEADERS = {
+    "name-paren": ok("forbidden", "X-Bad(Name): 1"),
+    "name-bracket": ok("forbidden", "X-Bad[Name]: 1"),
+    "name-slash": ok("forbidden", "X-Bad\\Name: 1"),
+    "value-ctl": ok("forbidden", "X-Ctl: a\x01b"),
+    "value-del": ok("forbidden", "X-Del: a\x7fb"),
+    "value-nul": ok("forbidden", "X-Nul: a\x00b"),
+}
+for _answer in FORBIDDEN_HEADERS.values():
+    assert b"\r\n\r\n" in _answer
+
+
 def script(seen: Seen) -> Answer:
     path = seen.path
     if path.startswith("/leftover/"):
@@ -207,6 +220,8 @@ def script(seen: Seen) -> Answer:
         return [b'HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: "v1"\r\n\r\n']
     if path == "/slow/trickle":
         return _trickle()
+    if path.startswith("/forbidden/"):
+        return [FORBIDDEN_HEADERS[path.removeprefix("/forbidden/")]]
     return [echo(seen)]
 
 
@@ -387,3 +402,13 @@ def test_a_response_head_that_trickles_is_504_at_the_route_timeout(alice):
     response = alice.get("/slow/trickle", timeout=15)
     assert response.status_code == 504
     assert time.monotonic() - started < 3.5
+
+
+@pytest.mark.parametrize("case", sorted(FORBIDDEN_HEADERS))
+def test_a_response_header_with_a_forbidden_byte_is_502(hgw, alice, case):
+    # the pool's parser refuses the head: no header line reaches the client half-checked
+    response = alice.get(f"/forbidden/{case}")
+    assert response.status_code == 502
+    assert "forbidden" not in response.text
+    assert not [name for name in response.headers if name.startswith("x-") and "bad" in name]
+    assert alice.get("/after-forbidden").status_code == 200
