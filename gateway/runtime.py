@@ -55,6 +55,8 @@ class Runtime:
     # second factors (sealed in the store) and the sign-ins waiting for one
     factors: Factors
     pending: PendingSignIns
+    # the key that seals what the gateway keeps or hands out (keys.dir/sealing.key)
+    sealer: Sealer
     # OpenTelemetry, one per process; None while [telemetry] is off
     tracing: Tracing | None = None
 
@@ -96,5 +98,6 @@ def build_runtime(
         identities=Identities(users, oidc),
         factors=Factors(store, sealer, clock),
         pending=PendingSignIns(store, sealer, clock),
+        sealer=sealer,
         tracing=tracing,
     )

@@ -8,8 +8,13 @@ Chromium with a virtual authenticator: tests/test_webauthn_browser.py."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import jwt
@@ -392,6 +397,101 @@ def test_passkeys_nobody_owns_lock_out_the_address(gateway_factory, upstream):
     # other sign-ins from that address wait too: the address, not a user, is locked
     password = gw.client().post(f"{P}/login", json={"username": "bob", "password": "x"})
     assert password.status_code == 429
+
+
+def _challenge_records(gw: Gateway) -> dict[str, str]:
+    from gateway.store import open_store
+
+    async def read() -> dict[str, str]:
+        store = open_store("sqlite:///data/gateway.db", gw.directory)
+        try:
+            return await store.list_records("webauthn-challenge:", time.time())
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def _with_challenge(opts: dict, challenge: bytes) -> dict:
+    return {**opts, "challenge": b64(challenge)}
+
+
+def test_passkey_options_asked_again_and_again_fill_no_store(gateway_factory, upstream):
+    """Anybody may ask for passkey options before signing in: the challenge is sealed, not
+    kept, so a loop of asks leaves nothing behind; the one answer that uses a challenge
+    leaves one record, which makes it the only one."""
+    gw = start(gateway_factory, upstream)
+    _, key = register_from_session(gw)
+    before = _challenge_records(gw)
+    asker = gw.client()
+    challenges = {options(asker, "passkey")["challenge"] for _ in range(300)}
+    assert len(challenges) == 300  # each one new
+    assert _challenge_records(gw) == before
+    done = passkey(gw, key)
+    assert done.status_code == 200, done.text
+    assert len(_challenge_records(gw)) == len(before) + 1
+
+
+def test_a_passkey_challenge_the_gateway_did_not_seal_or_that_expired_is_refused(
+    gateway_factory, upstream
+):
+    from gateway.auth.sealed import Sealer
+
+    gw = start(gateway_factory, upstream, "[login_limits]\nmax_failures = 50\n")
+    _, key = register_from_session(gw)
+    opts = options(gw.client(), "passkey")
+
+    def answer(challenge: bytes) -> httpx.Response:
+        credential = key.get(_with_challenge(opts, challenge))
+        return gw.client().post(f"{P}/mfa/webauthn/passkey", json={"credential": credential})
+
+    # a challenge of the attacker's own (right length, no seal), one sealed by another key,
+    # a real one with a bit flipped, and one the gateway's key sealed that has expired
+    real = base64.urlsafe_b64decode(opts["challenge"] + "==")
+    flipped = bytes([real[0] ^ 1]) + real[1:]
+    other_key = Sealer(gw.directory / "other-keys")
+    expired = int(time.time()) - 1
+    cases = {
+        "own": os.urandom(32),
+        "other key": other_key.seal_bytes(
+            expired.to_bytes(4, "big"), "webauthn-challenge", "passkey"
+        ),
+        "flipped": flipped,
+        "expired": Sealer(gw.directory / "keys").seal_bytes(
+            expired.to_bytes(4, "big"), "webauthn-challenge", "passkey"
+        ),
+    }
+    for name, challenge in cases.items():
+        refused = answer(challenge)
+        assert refused.status_code == 401, name
+        assert reasons(gw, "signin.failed")[-1] == "unknown_or_used_challenge", name
+    assert _challenge_records(gw) == {}
+    # the real one still signs in, once; a sealed passkey challenge finishes no second factor
+    assert answer(real).status_code == 200
+    assert answer(real).status_code == 401
+    client, handle, _ = pending(gw, "alice")
+    crossed = client.post(
+        f"{P}/mfa/webauthn/authenticate",
+        json={"pending": handle, "credential": key.get(options(gw.client(), "passkey"))},
+    )
+    assert crossed.status_code == 401
+    assert reasons(gw, "mfa.failed")[-1] == "challenge_of_another_ceremony"
+
+
+def test_one_passkey_answer_sent_at_once_many_times_signs_in_once(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream, "[login_limits]\nmax_failures = 50\n")
+    _, key = register_from_session(gw)
+    credential = key.get(options(gw.client(), "passkey"))
+
+    def send(_: int) -> int:
+        with gw.client() as client:
+            return client.post(
+                f"{P}/mfa/webauthn/passkey", json={"credential": credential}
+            ).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = sorted(pool.map(send, range(8)))
+    assert statuses == [200] + [401] * 7
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Secrets the gateway keeps in its store, encrypted at rest (a provider's refresh token).
+"""Secrets the gateway keeps in its store, encrypted at rest (a provider's refresh token, second
+factors), and what it hands out to be given back unaltered (a passkey sign-in's challenge).
 
 AES-256-GCM (the `cryptography` package) with a key of its own in `keys.dir`, the file
 `sealing.key` (32 random bytes, mode 0600, made on first use; replicas share the key
@@ -60,19 +61,29 @@ class Sealer:
         return key
 
     def seal(self, text: str, purpose: str, owner: str) -> str:
-        nonce = secrets.token_bytes(12)
-        sealed = self._cipher().encrypt(nonce, text.encode("utf-8"), _aad(purpose, owner))
-        return _VERSION + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+        sealed = self.seal_bytes(text.encode("utf-8"), purpose, owner)
+        return _VERSION + base64.urlsafe_b64encode(sealed).decode("ascii")
 
     def open(self, value: str, purpose: str, owner: str) -> str:
         if not value.startswith(_VERSION):
             raise SealError("unknown format")
         try:
             raw = base64.urlsafe_b64decode(value[len(_VERSION) :])
-            plain = self._cipher().decrypt(raw[:12], raw[12:], _aad(purpose, owner))
+        except ValueError:
+            raise SealError("does not open") from None
+        return self.open_bytes(raw, purpose, owner).decode("utf-8")
+
+    def seal_bytes(self, data: bytes, purpose: str, owner: str) -> bytes:
+        """`data` sealed as bytes: a random 12-byte nonce, the ciphertext and a 16-byte tag
+        (28 bytes more than `data`; without the key, indistinguishable from random)."""
+        nonce = secrets.token_bytes(12)
+        return nonce + self._cipher().encrypt(nonce, data, _aad(purpose, owner))
+
+    def open_bytes(self, raw: bytes, purpose: str, owner: str) -> bytes:
+        try:
+            return self._cipher().decrypt(raw[:12], raw[12:], _aad(purpose, owner))
         except (ValueError, InvalidTag):
             raise SealError("does not open") from None
-        return plain.decode("utf-8")
 
 
 def _aad(purpose: str, owner: str) -> bytes:

@@ -55,6 +55,7 @@ class WebAuthnSteps:
             origin=web_origin(config.server.public_url),
             store=rt.store,
             factors=rt.factors,
+            sealer=rt.sealer,
             clock=rt.clock,
         )
         # a passkey signs in a user of the password source; with providers only there is none
@@ -132,7 +133,7 @@ class WebAuthnSteps:
         passkeys for this site."""
         try:
             await self._options(request, False)
-            # each options call keeps a challenge: none for an address that is locked out
+            # a locked-out address gets no challenge (the challenge itself keeps nothing)
             await self._address_locked(context_of(request.scope).view.ip)
             return _options_response(await self.ceremonies.authentication_options(None))
         except Refused as exc:

@@ -12,8 +12,13 @@ is. Then the signature, the relying party, the origin, user presence (and, for a
 alone, user verification) and the counter are checked: a counter that does not move past the
 last one seen is a cloned authenticator, refused.
 
-Every challenge is a store record that one answer uses up, bound to its ceremony and user: an
-answer replayed, made for another ceremony or another user's challenge, is refused.
+Every challenge is used up by one answer and bound to its ceremony and user: an answer
+replayed, made for another ceremony or another user's challenge, is refused. A challenge for a
+user (registration, a second factor) is a store record. A passkey sign-in's, asked for by
+anybody before any sign-in, is no record until it is answered: it is its own expiry sealed
+under the gateway's sealing key (32 bytes, as random to whoever lacks the key), and the answer
+that uses it leaves a record until that expiry, so that it is used once. Asking for options
+again and again fills no store.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
+from gateway.auth.sealed import Sealer, SealError
 from gateway.mfa.factors import Factor, Factors
 from gateway.store.base import Store
 
@@ -53,6 +59,9 @@ _TRANSPORTS = {t.value for t in AuthenticatorTransport}
 # what py_webauthn raises for an answer it cannot parse or verify (its own tree, and what its
 # parsers let through for a malformed field: bad base64, a wrong type, a missing key)
 _REFUSED = (WebAuthnException, ValueError, KeyError, TypeError)
+# a passkey sign-in's challenge: its expiry (4 bytes) sealed for this purpose = 32 bytes
+_SEALED_PURPOSE = "webauthn-challenge"
+_PASSKEY = "passkey"
 
 
 class CeremonyFailed(Exception):
@@ -75,6 +84,7 @@ class WebAuthn:
         origin: str,
         store: Store,
         factors: Factors,
+        sealer: Sealer,
         clock: Callable[[], float],
     ) -> None:
         self.rp_id = rp_id
@@ -82,6 +92,7 @@ class WebAuthn:
         self.origin = origin
         self.store = store
         self.factors = factors
+        self.sealer = sealer
         self.clock = clock
 
     # -- challenges ------------------------------------------------------------------------
@@ -93,11 +104,35 @@ class WebAuthn:
         await self.store.put_record(_challenge_key(challenge), doc, now, now + CHALLENGE_TTL)
         return challenge
 
+    def _sealed_passkey_challenge(self) -> bytes:
+        expires = int(self.clock() + CHALLENGE_TTL)
+        return self.sealer.seal_bytes(expires.to_bytes(4, "big"), _SEALED_PURPOSE, _PASSKEY)
+
+    def _sealed_expiry(self, challenge: bytes) -> int | None:
+        """The expiry a sealed passkey challenge holds; None for any other challenge."""
+        try:
+            return int.from_bytes(
+                self.sealer.open_bytes(challenge, _SEALED_PURPOSE, _PASSKEY), "big"
+            )
+        except SealError:
+            return None
+
     async def _claim(self, credential: dict[str, Any], purpose: str, user_id: str) -> bytes:
         """The challenge this answer signs, used up now; refused unless it was issued for this
         ceremony and user and not used before (one winner among concurrent answers)."""
         challenge = _signed_challenge(credential)
         key = _challenge_key(challenge)
+        expires = self._sealed_expiry(challenge)
+        if expires is not None:
+            if purpose != _PASSKEY:
+                raise CeremonyFailed("challenge_of_another_ceremony")
+            now = self.clock()
+            # expired, or a record of its use already there: refused
+            if expires <= now or not await self.store.put_record(
+                key, "used", now, float(expires), only_new=True
+            ):
+                raise CeremonyFailed("unknown_or_used_challenge")
+            return challenge
         value = await self.store.get_record(key, self.clock())
         if value is None or not await self.store.delete_record(key):
             raise CeremonyFailed("unknown_or_used_challenge")
@@ -175,7 +210,7 @@ class WebAuthn:
         if user_id is None:
             options = generate_authentication_options(
                 rp_id=self.rp_id,
-                challenge=await self._issue("passkey", ""),
+                challenge=self._sealed_passkey_challenge(),
                 timeout=TIMEOUT_MS,
                 user_verification=UserVerificationRequirement.REQUIRED,
             )
@@ -202,7 +237,7 @@ class WebAuthn:
         an unknown handle uses the challenge up, so it is no free retry."""
         found = await self.factors.user_of_handle(_user_handle(credential))
         if found is None:
-            await self._claim(credential, "passkey", "")
+            await self._claim(credential, _PASSKEY, "")
             raise CeremonyFailed("unknown_user_handle")
         return found
 
@@ -212,7 +247,7 @@ class WebAuthn:
         """Verify the browser's answer with one of this user's credentials (`passkey`: to a
         passkey sign-in's challenge, the user verified); the factor, its counter moved on."""
         challenge = await self._claim(
-            credential, "passkey" if passkey else "authenticate", "" if passkey else user_id
+            credential, _PASSKEY if passkey else "authenticate", "" if passkey else user_id
         )
         factor = await self._factor_of(user_id, credential)
         stored = int(factor.data.get("sign_count", 0))
