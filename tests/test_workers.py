@@ -67,7 +67,15 @@ def test_each_worker_listens_on_its_own_socket_and_gets_its_share(tmp_path: Path
     dead = f"http://127.0.0.1:{free_port()}"
     gw = gateway_factory(tmp_path, routes=standard_routes(dead, dead), args=("--workers", "2"))
     deadline = time.monotonic() + 30
-    while len(listening := _sockets(gw.port, "listening")) < 2 and time.monotonic() < deadline:
+
+    def settled(listening: list[set[int]]) -> bool:
+        # ss maps sockets to processes before it lists them: a socket made in between (a
+        # worker just starting) is listed with no process, so wait for both to have theirs
+        return len(listening) >= 2 and all(listening)
+
+    while not settled(listening := _sockets(gw.port, "listening")) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.1)
     # two listening sockets, one per worker process, and none held by the supervisor
     assert len(listening) == 2, listening
