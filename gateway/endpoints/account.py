@@ -40,7 +40,6 @@ from gateway.auth.signin import InvalidCredentials, LockedOut, SourceUnavailable
 from gateway.core.context import Identity, context_of
 from gateway.core.decide import Core
 from gateway.core.policy import has_second_factor
-from gateway.core.responses import PAGE_CSP_SCRIPT
 from gateway.endpoints.common import HEADERS, Refused, json_error, wants_json
 from gateway.endpoints.mfa import MfaStep, Subject
 from gateway.mfa.totp import check_code, provisioning_uri, qr_svg
@@ -280,17 +279,13 @@ class Account:
                 'autocomplete="new-password" required>'
                 '<button type="submit">Change password</button></form></section>'
             )
-        scripts = (f"{self.prefix}/static/webauthn.js",) if rt.config.webauthn_on else ()
         page = render_account(
-            prefix=self.prefix, title="Your account", body="".join(parts), scripts=scripts
+            prefix=self.prefix,
+            title="Your account",
+            body="".join(parts),
+            scripts=self.mfa.scripts(),
         )
-        response = Response(page, status, media_type="text/html", headers=HEADERS)
-        if scripts:
-            response.headers["content-security-policy"] = PAGE_CSP_SCRIPT.decode()
-        response.headers.append(
-            "set-cookie", f"{self.mfa.csrf_cookie}={token}; Max-Age=3600; {self.mfa.csrf_attrs}"
-        )
-        return response
+        return self.mfa.html_page(page, status, token)
 
     def _confirm_field(self, methods: tuple[str, ...], confirmed: bool) -> str:
         if "totp" not in methods and "recovery" not in methods:
@@ -367,12 +362,7 @@ class Account:
             page = render_account(
                 prefix=self.prefix, title="Add an authenticator app", body=body, wide=False
             )
-            response = Response(page, 200, media_type="text/html", headers=HEADERS)
-            response.headers.append(
-                "set-cookie",
-                f"{self.mfa.csrf_cookie}={token}; Max-Age=3600; {self.mfa.csrf_attrs}",
-            )
-            return response
+            return self.mfa.html_page(page, 200, token, scripts=False)
         except StoreUnavailable as exc:
             return _unavailable(exc)
 

@@ -347,10 +347,18 @@ class MfaStep:
         return self._card("Set up two-step verification", "".join(parts), token, status)
 
     def _card(self, title: str, body: str, csrf: str, status: int) -> Response:
-        scripts = (f"{self.prefix}/static/webauthn.js",) if self.webauthn_on else ()
-        page = render_card(prefix=self.prefix, title=title, body=body, scripts=scripts)
+        page = render_card(prefix=self.prefix, title=title, body=body, scripts=self.scripts())
+        return self.html_page(page, status, csrf)
+
+    def scripts(self) -> tuple[str, ...]:
+        """What a factor or account page loads: the WebAuthn script while WebAuthn is on."""
+        return (f"{self.prefix}/static/webauthn.js",) if self.webauthn_on else ()
+
+    def html_page(self, page: str, status: int, csrf: str, *, scripts: bool = True) -> Response:
+        """A factor or account page with its CSRF cookie; with `scripts` (and WebAuthn on),
+        the CSP that lets the page's own script run."""
         response = Response(page, status, media_type="text/html", headers=HEADERS)
-        if self.webauthn_on:
+        if scripts and self.webauthn_on:
             response.headers["content-security-policy"] = PAGE_CSP_SCRIPT.decode()
         response.headers.append(
             "set-cookie", f"{self.csrf_cookie}={csrf}; Max-Age=3600; {self.csrf_attrs}"
