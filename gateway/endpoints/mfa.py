@@ -370,7 +370,7 @@ class MfaStep:
         reload shows the same QR code the user may have scanned already."""
         key = f"mfa-enroll:{user_key(subject.user_id)}"
         now = self.rt.clock()
-        sealer = self.rt.factors.sealer
+        sealer = self.rt.sealer
         value = await self.rt.store.get_record(key, now)
         if value is not None:
             try:
@@ -488,7 +488,7 @@ class MfaStep:
         if value is None:
             raise Refused(400, "enrollment_expired", "The setup expired; scan the new code.")
         try:
-            secret = self.rt.factors.sealer.open(value, "mfa-enroll", key)
+            secret = self.rt.sealer.open(value, "mfa-enroll", key)
         except SealError:
             raise Refused(
                 400, "enrollment_expired", "The setup expired; scan the new code."
