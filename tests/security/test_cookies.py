@@ -53,18 +53,21 @@ def test_an_unprefixed_cookie_is_not_read_when_the_prefix_is_in_force(trusted_gw
     assert_reason(trusted_gw, path, None)  # not our cookie's name: never read
 
 
-def test_login_issues_a_new_session_not_the_planted_one(gw, upstream, bob_token):
-    planted = jwt.decode(bob_token, options={"verify_signature": False})["sid"]
+def test_login_issues_a_new_session_not_the_planted_one(gw, upstream):
+    # a bob session of this test's own: signing in over it revokes it, and the shared
+    # bob_token must stay valid for the tests after this one
+    planted_token = login(gw, "bob")
+    planted = jwt.decode(planted_token, options={"verify_signature": False})["sid"]
     with httpx.Client(base_url=gw.url, trust_env=False) as client:
         response = client.post(
             "/.auth/login",
             json={"username": "alice", "password": "alice-password-1"},
-            headers={"cookie": f"gw_session={bob_token}"},
+            headers={"cookie": f"gw_session={planted_token}"},
         )
     assert response.status_code == 200
     token = session_cookie(response.headers.get_list("set-cookie"))
     fresh = jwt.decode(token, options={"verify_signature": False})
-    assert token != bob_token and fresh["sid"] != planted and fresh["sub"] == "alice"
+    assert token != planted_token and fresh["sid"] != planted and fresh["sub"] == "alice"
     assert not upstream.requests
 
 
