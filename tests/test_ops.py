@@ -417,6 +417,67 @@ def test_sighup_invalid_config_is_refused_logged_and_the_old_one_serves(reloadab
     assert gateway.login("alice").get("/app").status_code == 200
 
 
+def _workers(pid: int) -> list[int]:
+    """The worker processes of supervisor `pid` (not multiprocessing's resource tracker)."""
+    workers = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(int(child))
+        except FileNotFoundError:
+            pass
+    return workers
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_sighup_while_starting_waits_for_the_reload_handler_and_kills_nothing(
+    tmp_path, recording, workers
+):
+    """A SIGHUP that reaches `gateway run`, or a worker of it, before its reload handler is in
+    place is held until it is: no process ends (SIGHUP's default action), none is lost (as an
+    ignored one would be), and the config written meanwhile is served."""
+    port = free_port()
+    extra = f'[server]\nadmin_listen = "127.0.0.1:{free_port()}"'
+    config = write_config(tmp_path, port, routes(pub=recording.url), extra)
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(config), "--workers", str(workers)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    gateway = Gateway(f"http://127.0.0.1:{port}", port, config, tmp_path, proc, log)
+    try:
+        # printed by `gateway run` before it starts uvicorn: from here on a SIGHUP is its to take
+        wait_for(lambda: "listen" in gateway.logs(), what="the startup summary")
+        write_config(tmp_path, port, routes(pub=recording.url, new=recording.url), extra)
+        targets = [proc.pid]
+        if workers > 1:
+            # each worker as soon as it exists: it has not even imported the gateway yet
+            targets = wait_for(
+                lambda: len(c := _workers(proc.pid)) == workers and c, what="workers"
+            )
+            targets.append(proc.pid)
+        for pid in targets:
+            os.kill(pid, signal.SIGHUP)
+        wait_port(port, proc)
+        # every serving process read the file again once it could
+        wait_for(
+            lambda: gateway.logs().count("reloaded ") >= workers, what="each process to reload"
+        )
+        assert httpx.get(gateway.url + "/new/x", trust_env=False).status_code == 200
+        logs = gateway.logs()
+        assert "died" not in logs and "Traceback" not in logs
+        assert proc.poll() is None
+        if workers > 1:
+            assert sorted(_workers(proc.pid)) == sorted(targets[:-1])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        gateway.stop()
+
+
 # -- store errors -----------------------------------------------------------------------
 
 

@@ -10,6 +10,12 @@ supervisor (ForwardingSupervisor below), which passes it on to every worker, so 
 place like a single process does. uvicorn's own supervisor would instead replace the workers
 one by one, and a worker stopping closes connections it has accepted but not yet read a
 request from: a request sent at that moment would be lost.
+
+A SIGHUP that comes while a process is starting waits: `gateway run` blocks it before it
+starts anything, every worker is born with it blocked, and each process unblocks it only once
+its handler is in place. The default action of SIGHUP ends a process, and a signal merely
+ignored would be lost: held, it is delivered then, and the process reloads the file it may
+have read before the change.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +41,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.reload")
 
 Build = Callable[[Config, "Store | None"], "GatewayApp"]
+
+HUP = {signal.SIGHUP}
+
+
+@contextmanager
+def sighup_held() -> Iterator[None]:
+    """SIGHUP blocked in this thread, and in every process started from it, until the end."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, HUP)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 @dataclass(eq=False)
@@ -186,9 +205,13 @@ class ReloadingApp:
             log.warning("SIGHUP reload unavailable on this event loop")
             return
         self._signal_loop = loop
+        # held since the process started (module docstring): one sent meanwhile arrives now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HUP)
 
     def _remove_sighup(self) -> None:
         if self._signal_loop is not None:
+            # shutting down: a SIGHUP now must neither end the process nor start a reload
+            signal.pthread_sigmask(signal.SIG_BLOCK, HUP)
             self._signal_loop.remove_signal_handler(signal.SIGHUP)
             self._signal_loop = None
 
@@ -219,6 +242,23 @@ def forwarding_supervisor() -> type:
     from uvicorn.supervisors.multiprocess import Multiprocess
 
     class ForwardingSupervisor(Multiprocess):
+        # every worker is started with SIGHUP held, so that one passed on while it starts
+        # waits for its handler (module docstring); uvicorn starts them in these three places
+
+        def init_processes(self) -> None:
+            with sighup_held():
+                super().init_processes()
+            # held since `gateway run` started: from here on it is passed on as it comes
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HUP)
+
+        def keep_subprocess_alive(self) -> None:
+            with sighup_held():
+                super().keep_subprocess_alive()
+
+        def handle_ttin(self) -> None:
+            with sighup_held():
+                super().handle_ttin()
+
         def handle_hup(self) -> None:
             log.info("SIGHUP: every worker reloads its config")
             for process in self.processes:

@@ -181,6 +181,7 @@ def serve(config: Config, workers: int) -> None:
 def _serve(config: Config, workers: int) -> None:
     from gateway.auth.keys import ensure_key
     from gateway.metrics import start_admin_listener
+    from gateway.serve.reload import HUP
     from gateway.serve.worker import CONFIG_ENV
 
     ensure_key(config.keys.dir, config.keys.algorithm)
@@ -189,16 +190,16 @@ def _serve(config: Config, workers: int) -> None:
     # uvicorn drains in-flight requests on SIGTERM, then raises it again with the handler
     # it found: make that a clean exit 0 (SIGINT still ends with KeyboardInterrupt)
     previous = signal.signal(signal.SIGTERM, _exit_cleanly)
-    # a SIGHUP before the app installs its reload handler must not end the process (nor,
-    # inherited, a worker still starting)
-    previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # a SIGHUP before the app (or the supervisor) can act on it waits until it can, in this
+    # thread and in the threads and workers started from it (serve/reload.py's docstring);
+    # blocked again by the app as it stops, one that comes after waits out the process
+    signal.pthread_sigmask(signal.SIG_BLOCK, HUP)
     admin = start_admin_listener(config.server.admin_host, config.server.admin_port)
     print(startup_summary(config, workers), flush=True)
     try:
         _run_uvicorn(config, workers)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGHUP, previous_hup)
         if admin is not None:
             admin.close()
 
