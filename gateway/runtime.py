@@ -78,8 +78,9 @@ def build_runtime(
     if tracing is not None:
         users = tracing.traced(users, "users")
     limiter = LoginLimiter(store, config.login_limits, clock)
-    oidc = OidcUsers(config, store, clock)
+    # one key for everything sealed (OIDC refresh tokens, factor secrets, challenges)
     sealer = Sealer(config.keys.dir)
+    oidc = OidcUsers(config, store, sealer, clock)
     return Runtime(
         config=config,
         clock=clock,

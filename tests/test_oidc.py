@@ -1192,6 +1192,7 @@ async def test_an_access_token_near_its_end_is_refreshed_before_it_goes_upstream
     import asyncio
 
     from gateway.auth.oidc_users import ACCESS_MARGIN, OidcUsers, user_from_claims
+    from gateway.auth.sealed import Sealer
     from gateway.config import build_config
     from gateway.store.base import Session
     from gateway.store.memory import MemoryStore
@@ -1220,7 +1221,8 @@ async def test_an_access_token_near_its_end_is_refreshed_before_it_goes_upstream
         "keys": {"dir": str(tmp_path / "keys")},
         "routes": [{"name": "api", "path": "/api", "upstream": base, "pass_access_token": True}],
     }
-    users = OidcUsers(build_config(raw, tmp_path, env={}), MemoryStore(), time.time)
+    config = build_config(raw, tmp_path, env={})
+    users = OidcUsers(config, MemoryStore(), Sealer(config.keys.dir), time.time)
     provider = users.providers["corp"]
     try:
         state, nonce, verifier = (secrets.token_urlsafe(24) for _ in range(3))

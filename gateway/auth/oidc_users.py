@@ -145,14 +145,16 @@ def _hash(value: str) -> str:
 class OidcUsers:
     """Every configured provider, their users' grants in the store, and their standing."""
 
-    def __init__(self, config: Config, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, config: Config, store: Store, sealer: Sealer, clock: Callable[[], float]
+    ) -> None:
         self.store = store
         self.clock = clock
         base = config.server.public_url + config.auth.prefix
         self.providers: dict[str, Provider] = {
             p.name: Provider(p, f"{base}/oidc/{p.name}/callback", clock) for p in config.auth.oidc
         }
-        self.sealer = Sealer(config.keys.dir)
+        self.sealer = sealer
         self.refresh_every = config.auth.refresh
         self._access: dict[str, tuple[str, float]] = {}
         # the refresh under way per (session, user) in this process, shared by its requests
