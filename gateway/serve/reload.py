@@ -243,7 +243,8 @@ def forwarding_supervisor() -> type:
 
     class ForwardingSupervisor(Multiprocess):
         # every worker is started with SIGHUP held, so that one passed on while it starts
-        # waits for its handler (module docstring); uvicorn starts them in these three places
+        # waits for its handler (module docstring). uvicorn starts them in these three places
+        # and in restart_all, which only its handle_hup calls, replaced below
 
         def init_processes(self) -> None:
             with sighup_held():
