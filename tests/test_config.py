@@ -298,3 +298,34 @@ def test_an_error_about_a_store_url_never_repeats_its_password(tmp_path, url):
         build_config({"store": {"url": url}, "routes": [ROUTE]}, tmp_path, env={})
     assert "store.url" in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "written,kept",
+    [
+        ("crm.example.com", "crm.example.com"),
+        ("CRM.Example.com.", "crm.example.com"),
+        ("crm.example.com:8443", "crm.example.com:8443"),
+        ("CRM.example.com.:08443", "crm.example.com:8443"),
+    ],
+)
+def test_a_route_host_is_kept_in_one_spelling(tmp_path, written, kept):
+    # the router matches requests on this spelling: `:08443` and `host.` are the same route
+    route = {**ROUTE, "host": written}
+    assert build_config({"routes": [route]}, tmp_path, env={}).routes[0].host == kept
+
+
+@pytest.mark.parametrize("written", ["crm.example.com:0", "crm.example.com:65536", ".", ".:80"])
+def test_a_route_host_with_no_name_or_an_impossible_port_is_refused(tmp_path, written):
+    with pytest.raises(ConfigError) as info:
+        build_config({"routes": [{**ROUTE, "host": written}]}, tmp_path, env={})
+    assert "routes[0].host" in str(info.value)
+
+
+def test_two_spellings_of_one_route_host_are_one_place(tmp_path):
+    routes = [
+        {**ROUTE, "host": "crm.example.com:8443"},
+        {**ROUTE, "name": "b", "host": "crm.example.com.:08443"},
+    ]
+    with pytest.raises(ConfigError):
+        build_config({"routes": routes}, tmp_path, env={})

@@ -244,11 +244,20 @@ def route_path(value: object) -> str:
 
 
 def host(value: object) -> str:
-    """A host name (optionally with :port), lower-cased."""
+    """A host name (optionally with :port): lower-cased, without the trailing dot of a fully
+    qualified name, the port as a number (`CRM.example.com.:08443` is `crm.example.com:8443`)."""
     text = ascii_lower(string(value))
     if not re.match(r"^[a-z0-9.-]+(:\d+)?$", text):
         raise ValueError("is not a host name")
-    return text
+    name, _, port = text.partition(":")
+    name = name.rstrip(".")
+    if not name:
+        raise ValueError("is not a host name")
+    if not port:
+        return name
+    if not 0 < int(port) < 65536:
+        raise ValueError("has a port outside 1-65535")
+    return f"{name}:{int(port)}"
 
 
 def methods(value: object) -> frozenset[str]:

@@ -168,7 +168,18 @@ def strip_route_prefix(path: str, route: Route) -> str:
     return rest if rest.startswith("/") else "/" + rest
 
 
-_HOST_PORT = re.compile(r":\d+$")
+def split_host(host: str) -> tuple[str, int | None]:
+    """A Host value as the name and port a host route is written with: the name lower-cased and
+    without a trailing dot, the port a number (None: none written, -1: not a number)."""
+    name, sep, port = host.rpartition(":")
+    if not sep or "]" in port or (":" in name and not name.endswith("]")):
+        # no port, or an IPv6 address written without one
+        return ascii_lower(host).rstrip("."), None
+    if not port:
+        number = None
+    else:
+        number = int(port) if port.isascii() and port.isdigit() else -1
+    return ascii_lower(name).rstrip("."), number
 
 
 class Router:
@@ -184,7 +195,12 @@ class Router:
                 self._exact[(route.host, route.path)] = route
             else:
                 self._folded[(route.host, ascii_lower(route.path))] = route
-        self._hosts = {route.host for route in self.routes if route.host}
+        # host route names -> the ports their routes are written with (None: without one)
+        self._hosts: dict[str, dict[int | None, str]] = {}
+        for route in self.routes:
+            if route.host:
+                name, port = split_host(route.host)
+                self._hosts.setdefault(name, {})[port] = route.host
 
     def match(self, host: str | None, path: str) -> Route | None:
         """The route for this host and normalized path, or None (404)."""
@@ -193,10 +209,18 @@ class Router:
         folded = ascii_lower(key)
         candidates: list[str | None] = []
         if host and self._hosts:
-            # `crm.example.com.` (fully qualified) is the same host: it must not skip its route
-            host = ascii_lower(host)
-            bare = _HOST_PORT.sub("", host).rstrip(".")
-            candidates = [h for h in dict.fromkeys((host, bare)) if h in self._hosts]
+            # `CRM.example.com.:08443` is `crm.example.com:8443`: no spelling skips its route
+            name, port = split_host(host)
+            ports = self._hosts.get(name)
+            if ports is not None:
+                written = ports.get(port) if port is not None else None
+                if written is None:
+                    written = ports.get(None)
+                if written is None:
+                    # this name's routes are written for other ports: a port the client chose
+                    # (or left out) never leads past them to the routes without a host
+                    return None
+                candidates.append(written)
         candidates.append(None)
         for candidate in candidates:
             route = self._lookup(candidate, key, folded)

@@ -45,6 +45,13 @@ def extra_routes(upstream: str) -> str:
         auth = "required"
 
         [[routes]]
+        name = "ops"
+        path = "/"
+        host = "ops.example.com:8443"
+        upstream = "{upstream}"
+        auth = "required"
+
+        [[routes]]
         name = "nobearer"
         path = "/nobearer"
         upstream = "{upstream}"

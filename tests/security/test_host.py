@@ -69,6 +69,55 @@ def test_a_host_route_is_not_escaped_by_spelling_the_host_differently(gw, upstre
     assert nothing_forwarded(upstream)
 
 
+# the route `ops` is host = "ops.example.com:8443", required, beside the public `/` of no host
+@pytest.mark.parametrize(
+    "host",
+    [
+        "ops.example.com:8443",
+        "OPS.Example.com:8443",
+        "ops.example.com:08443",
+        "ops.example.com.:8443",
+    ],
+    ids=["exact", "case", "leading zero", "trailing dot"],
+)
+def test_a_host_route_with_a_port_is_not_escaped_by_spelling_the_port_differently(
+    gw, upstream, host
+):
+    response = request(gw, "GET", "/page", [], host=host)
+    assert response.status == 401
+    assert nothing_forwarded(upstream)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["ops.example.com", "ops.example.com:9999", "OPS.example.com.:1"],
+    ids=["no port", "another port", "another port, trailing dot"],
+)
+def test_a_host_route_on_another_port_is_refused_not_passed_to_the_routes_without_a_host(
+    gw, upstream, host
+):
+    # the client writes the port in Host: the public `/` must not be reached by choosing one
+    response = request(gw, "GET", "/page", [], host=host)
+    assert response.status == 404
+    assert nothing_forwarded(upstream)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["ops.example.com", "ops.example.com:08443", "ops.example.com.:8443", "ops.example.com:1"],
+)
+def test_forward_auth_judges_a_host_route_with_a_port_whatever_its_spelling(trusted_gw, host):
+    # nginx's $host carries no port; Traefik and Caddy pass the client's Host as written
+    response = request(
+        trusted_gw,
+        "GET",
+        "/.auth/verify",
+        [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/page"), ("X-Forwarded-Host", host)],
+    )
+    assert response.status in (401, 403, 404), (response.status, response.body[:200])
+    assert not response.header("x-user-id")
+
+
 def test_duplicate_host_headers_are_refused(gw, upstream):
     data = (
         f"GET /page HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nHost: crm.example.com\r\n"
