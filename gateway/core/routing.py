@@ -39,6 +39,7 @@ def normalize_path(raw_path: bytes) -> str | BadPath:
         and not raw_path.translate(None, _PLAIN_BYTES)
         and b"//" not in raw_path
         and b"/." not in raw_path
+        and b"/;" not in raw_path
     ):
         # the common case, without the byte-by-byte walk (tests/test_paths.py holds the two
         # to the same answers)
@@ -117,7 +118,8 @@ def normalize_forwarded_uri(uri: str) -> str | BadPath:
 def _resolve_segments(path: str) -> str | BadPath:
     trailing = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
     stack: list[str] = []
-    for segment in path.split("/"):
+    segments = path.split("/")
+    for index, segment in enumerate(segments):
         if segment in ("", "."):
             continue
         if segment == "..":
@@ -125,8 +127,13 @@ def _resolve_segments(path: str) -> str | BadPath:
                 stack.pop()
             continue
         # Tomcat and other servlet stacks read `..;x` as `..`: a dot segment in disguise
-        if segment.split(";", 1)[0] in (".", ".."):
+        name = segment.split(";", 1)[0]
+        if name in (".", ".."):
             return BadPath("dot segment with ; parameters in the path")
+        # ... and `/;x/admin` as `//admin`, then `/admin`: an empty segment in disguise, which
+        # would be judged under `/`. Only a last one (`/app/;jsessionid=1`) names nothing more.
+        if not name and any(rest not in ("", ".") for rest in segments[index + 1 :]):
+            return BadPath("an empty segment with ; parameters in the path")
         stack.append(segment)
     result = "/" + "/".join(stack)
     if trailing and stack:

@@ -30,6 +30,13 @@ REFUSED = [
     ("/admin%23.css", "encoded hash"),
     ("/%252e%252e/admin", "double encoding"),
     ("/page/..;/admin", "dot-dot with ; parameter"),
+    # servlet stacks read `/;x/admin` as `//admin`, then `/admin`: judged under `/` otherwise
+    ("/;/admin/users", "empty segment with ;"),
+    ("/;x/admin/users", "empty segment with a ; parameter"),
+    ("/;a;b/admin", "empty segment with two ; parameters"),
+    ("/%3b/admin/users", "encoded ; as an empty segment"),
+    ("/%3bx/admin/users", "encoded ; parameter as an empty segment"),
+    ("/page/;/../admin", "empty segment with ; before dot-dot"),
     ("/admin%0d%0aX-User-Id:%20admin", "encoded CRLF"),
     ("/admin%ff", "invalid UTF-8"),
     ("/admin%zz", "invalid percent escape"),
@@ -95,3 +102,26 @@ def test_raw_non_ascii_byte_in_the_path_is_refused(gw, upstream):
     response = raw(gw, data.encode("latin-1"))
     assert response.status == 400
     assert nothing_forwarded(upstream)
+
+
+@pytest.mark.parametrize("target", ["/;jsessionid=x", "/app/;jsessionid=x", "/app/;x/"])
+def test_a_last_empty_segment_with_a_parameter_names_nothing_more_and_passes(
+    gw, upstream, bob_token, target
+):
+    # servlet URL rewriting puts `;jsessionid=` on the root: nothing after it to disguise
+    response = request(gw, "GET", target, [with_cookie(gw, bob_token)])
+    assert response.status == 200
+    assert only(upstream).target == target
+
+
+@pytest.mark.parametrize("uri", ["/;/admin/users", "/;x/admin/users", "/%3b/admin/users"])
+def test_forward_auth_refuses_an_empty_segment_with_a_parameter(trusted_gw, uri):
+    # nginx and Caddy hand the app the raw URI: a servlet app reads `/;x/admin` as `/admin`
+    response = request(
+        trusted_gw,
+        "GET",
+        "/.auth/verify",
+        [("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", uri)],
+    )
+    assert response.status == 403, (response.status, response.body[:200])
+    assert not response.header("x-user-id")
