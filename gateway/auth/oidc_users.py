@@ -39,13 +39,12 @@ from gateway.auth.oidc import Grant, Provider, ProviderUnavailable, TokenRefused
 from gateway.auth.roles import TOO_MANY_ROLES, fits_store
 from gateway.auth.sealed import Sealer, SealError
 from gateway.config import Config, OidcConfig
-from gateway.sources.base import SERVICE_PREFIX, User, canonical_username
+from gateway.sources.base import MAX_USER_ID, SERVICE_PREFIX, User, canonical_username
 from gateway.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("gateway.oidc")
 
 _ROLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-MAX_ID = 256
 # an access token passed upstream is refreshed when less than this many seconds remain
 ACCESS_MARGIN = 30.0
 _ACCESS_CACHE = 10_000
@@ -98,7 +97,11 @@ def user_from_claims(config: OidcConfig, claims: dict[str, Any]) -> User:
     if config.user_claim != "sub":
         value = canonical_username(value)
     user_id = config.id_prefix + value
-    if len(user_id) > MAX_ID or not user_id.isprintable() or user_id.startswith(SERVICE_PREFIX):
+    if (
+        len(user_id) > MAX_USER_ID
+        or not user_id.isprintable()
+        or user_id.startswith(SERVICE_PREFIX)
+    ):
         raise NotAllowed("oidc_bad_user", "This account's name cannot be used here.")
     if config.allowed_domains:
         email = claims.get("email")

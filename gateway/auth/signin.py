@@ -11,7 +11,13 @@ import logging
 from dataclasses import dataclass, field
 
 from gateway.auth.limits import LoginLimiter
-from gateway.sources.base import SERVICE_PREFIX, UserBackend, WrongPassword, canonical_username
+from gateway.sources.base import (
+    MAX_USER_ID,
+    SERVICE_PREFIX,
+    UserBackend,
+    WrongPassword,
+    canonical_username,
+)
 from gateway.store.base import StoreUnavailable
 
 log = logging.getLogger("gateway.signin")
@@ -109,6 +115,11 @@ class PasswordSignIn:
             # a service account's or a provider's id from a directory or a database: never
             # taken for theirs (README "Identities from several sources")
             log.warning("sign-in refused: source id %r has a reserved prefix", user.id[:80])
+            raise InvalidCredentials(name)
+        if len(user.id) > MAX_USER_ID or not user.id.isprintable():
+            # a line break in an id from a database or a directory would split the X-User-Id
+            # header the upstream receives into headers of the source's choosing
+            log.warning("sign-in refused: source id %r is not one line of text", user.id[:80])
             raise InvalidCredentials(name)
         # the failures are forgotten by the caller once the sign-in is whole: a password right
         # while a second factor is due must not reset the count of wrong codes (a thief who

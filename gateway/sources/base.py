@@ -10,6 +10,8 @@ from typing import Protocol
 MAX_PASSWORD_BYTES = 1024
 # the ids of service accounts (gateway.auth.servicetokens): no source's user may have one
 SERVICE_PREFIX = "service:"
+# the longest user id any source may give (it travels in every token and X-User-Id)
+MAX_USER_ID = 256
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import jwt
 import pytest
+import sqlalchemy
+from argon2 import PasswordHasher
 
+from tests.conftest import make_gateway
 from tests.security.attack import (
     login,
     no_identity,
@@ -14,6 +17,7 @@ from tests.security.attack import (
     signing_key,
     with_cookie,
 )
+from tests.security.conftest import security_routes
 
 SPELLINGS = [
     "X-User-Id",
@@ -156,3 +160,49 @@ def test_forward_auth_never_echoes_a_client_identity(gw, upstream):
     assert response.status == 200
     assert response.header("x-user-id") == []
     assert nothing_forwarded(upstream)
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    [
+        "eve\r\nX-User-Roles: admin\r\nX-Injected: yes",
+        "eve\r\n\r\nGET /admin HTTP/1.1",
+        "eve\nX-Injected: yes",
+        "eve\x00",
+        "e" * 257,
+    ],
+    ids=["CRLF headers", "CRLF request", "bare LF", "NUL", "too long"],
+)
+def test_a_source_id_that_is_not_one_line_of_text_never_signs_in(tmp_path, sec_upstream, user_id):
+    # a legacy database where people choose their own names, returned as the id
+    legacy = tmp_path / "legacy.db"
+    engine = sqlalchemy.create_engine(f"sqlite:///{legacy}")
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE people (id TEXT, name TEXT, hash TEXT)"))
+        conn.execute(
+            sqlalchemy.text("INSERT INTO people VALUES (:id, 'eve', :h)"),
+            {"id": user_id, "h": PasswordHasher().hash("eve-password-1")},
+        )
+    engine.dispose()
+    extra = f"""
+[auth]
+users = "sql"
+
+[auth.sql]
+dsn = "sqlite:///{legacy}"
+query = "SELECT id, hash, 'staff' FROM people WHERE name = :username"
+"""
+    sec_upstream.clear()
+    gw = make_gateway(tmp_path / "gw", security_routes(sec_upstream), extra, users=None)
+    try:
+        with gw.client() as client:
+            response = client.post(
+                "/.auth/login", json={"username": "eve", "password": "eve-password-1"}
+            )
+            assert response.status_code == 401
+            assert "gw_session" not in response.cookies
+            assert client.get("/app/x").status_code == 401
+        assert "not one line of text" in gw.logs()
+        assert nothing_forwarded(sec_upstream)
+    finally:
+        gw.stop()
