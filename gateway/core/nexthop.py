@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from gateway.auth.assertions import AssertionCache
 from gateway.auth.tokens import Tokens
-from gateway.config import Config, Route
+from gateway.config import Config, IdentityConfig, Route
 from gateway.core.context import RequestContext
 from gateway.core.ingress import Header
 
@@ -128,14 +128,18 @@ _identity_names_memo: tuple[Config, frozenset[bytes]] | None = None
 
 
 def identity_names(config: Config) -> frozenset[bytes]:
-    """Every identity header name any route injects, canonical: stripped from all clients."""
+    """Every identity header name any route injects, canonical: stripped from all clients.
+
+    The default names are stripped too when a header is renamed or turned off: an upstream
+    written for the defaults must never read a client's copy of one as ours.
+    """
     global _identity_names_memo
     memo = _identity_names_memo
     # built once per config, not once per route: 10,000 routes would make it quadratic
     if memo is not None and memo[0] is config:
         return memo[1]
     names = set()
-    for item in (config.identity, *(r.identity for r in config.routes)):
+    for item in (IdentityConfig(), config.identity, *(r.identity for r in config.routes)):
         truncated = truncated_header(item.roles_header)
         for name in (item.user_header, item.roles_header, truncated, item.assertion_header):
             if name:

@@ -206,3 +206,34 @@ query = "SELECT id, hash, 'staff' FROM people WHERE name = :username"
         assert nothing_forwarded(sec_upstream)
     finally:
         gw.stop()
+
+
+DEFAULT_NAMES = ["X-User-Id", "X-User-Roles", "X-User-Roles-Truncated", "X-Gateway-Assertion"]
+
+
+def test_renamed_or_disabled_identity_headers_still_strip_clients_copies_of_the_defaults(
+    tmp_path, sec_upstream
+):
+    # an upstream written for the default names must never read a client's copy as ours
+    extra = """
+[identity]
+user_header = "X-Auth-Id"
+roles_header = ""
+assertion_header = ""
+"""
+    gw = make_gateway(tmp_path / "gw", security_routes(sec_upstream), extra)
+    try:
+        forged = [(name, "admin") for name in DEFAULT_NAMES]
+        sec_upstream.clear()
+        assert request(gw, "GET", "/page", forged).status == 200
+        assert not any(
+            k.lower() in {n.lower() for n in DEFAULT_NAMES} for k, _ in only(sec_upstream).headers
+        )
+        sec_upstream.clear()
+        token = login(gw, "alice")
+        assert request(gw, "GET", "/app/x", [*forged, with_cookie(gw, token)]).status == 200
+        received = only(sec_upstream)
+        assert received.header("x-auth-id") == ["alice"]
+        assert not any(k.lower() in {n.lower() for n in DEFAULT_NAMES} for k, _ in received.headers)
+    finally:
+        gw.stop()
