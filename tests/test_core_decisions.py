@@ -339,8 +339,22 @@ SPOOFED = [
         pytest.param(
             TRUSTED,
             scope(PROXY, HOST, ("x-forwarded-for", "198.51.100.7, not-an-address")),
-            ClientView(PROXY, "http", "gw.example", True, f"198.51.100.7, not-an-address, {PROXY}"),
-            id="a hop that is no address stops the walk at the proxy",
+            ClientView("", "http", "gw.example", True, f"198.51.100.7, not-an-address, {PROXY}"),
+            id="a hop that is no address makes the client unknown, not the proxy",
+        ),
+        pytest.param(
+            TRUSTED,
+            scope(
+                PROXY, HOST, ("x-forwarded-for", "6.6.6.6, 198.51.100.7:5555, [2001:db8::7]:443")
+            ),
+            ClientView(
+                "2001:db8::7",
+                "http",
+                "gw.example",
+                True,
+                f"6.6.6.6, 198.51.100.7:5555, 2001:db8::7, {PROXY}",
+            ),
+            id="ip:port and [v6]:port hops are read without the port",
         ),
         pytest.param(
             TRUSTED,

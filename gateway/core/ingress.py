@@ -9,8 +9,11 @@ from dataclasses import dataclass
 
 Header = tuple[bytes, bytes]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _HOST = re.compile(rb"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+# an X-Forwarded-For hop with a port (RFC 7239 node syntax): `[v6]`, `[v6]:port`, `v4:port`
+_NODE = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::([0-9]{1,5}))?|([0-9.]+):([0-9]{1,5})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,7 @@ def read_framing(headers: Sequence[tuple[bytes, bytes]]) -> Framing | str:
 class ClientView:
     """Who the client is and what it asked for, believing forwarded headers only from trust."""
 
-    ip: str
+    ip: str  # "" when unknown: no peer address, or a forwarded hop that names no address
     scheme: str
     host: str
     trusted: bool
@@ -70,6 +73,23 @@ def _in(address: str, networks: Sequence[Network]) -> bool:
     except ValueError:
         return False
     return any(ip in net for net in networks)
+
+
+def _with_port(hop: str) -> Address | None:
+    """The address of a hop written `v4:port`, `[v6]:port` or `[v6]` (Azure Application
+    Gateway writes ip:port); None for anything else: `unknown`, an obfuscated `_name`, a zone
+    id, garbage."""
+    match = _NODE.fullmatch(hop)
+    if match is None:
+        return None
+    v6, v6_port, v4, v4_port = match.groups()
+    port = v6_port or v4_port
+    if port is not None and int(port) > 65535:
+        return None
+    try:
+        return ipaddress.IPv6Address(v6) if v6 is not None else ipaddress.IPv4Address(v4)
+    except ValueError:
+        return None
 
 
 def _values(headers: Iterable[Header], name: bytes) -> list[str]:
@@ -113,13 +133,21 @@ def client_view(scope: dict, trusted: Sequence[Network]) -> ClientView:
     chain = _values(headers, b"x-forwarded-for")
     ip = peer
     # right-most untrusted: each trusted hop vouches only for the address to its left
-    for hop in reversed(chain):
+    for index in range(len(chain) - 1, -1, -1):
+        hop = chain[index]
         try:
-            ipaddress.ip_address(hop)
+            address: Address | None = ipaddress.ip_address(hop)
         except ValueError:
+            address = _with_port(hop)
+            if address is not None:
+                hop = chain[index] = str(address)  # sent upstream without the port
+        if address is None or "%" in hop:
+            # a hop we cannot read (a zone id is no client's address either): the client is
+            # unknown, inside no network, and never the trusted proxy that wrote the hop
+            ip = ""
             break
         ip = hop
-        if not _in(hop, trusted):
+        if not any(address in net for net in trusted):
             break
     protos = _values(headers, b"x-forwarded-proto")
     if protos and protos[-1].lower() in ("http", "https"):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
-from tests.security.attack import fresh_ip, only, request
+from tests.conftest import USERS, Gateway, make_gateway
+from tests.security.attack import access_line, fresh_ip, marked, nothing_forwarded, only, request
+from tests.upstream import RecordingUpstream
 
 UNTRUSTED_CLIENT_HEADERS = [
     ("X-Real-IP", "10.0.0.1"),
@@ -141,4 +146,136 @@ def test_rotating_the_left_most_address_does_not_escape_the_address_limit(truste
         )
     assert statuses[:12] == [401] * 12 and statuses[12] == 429
     assert final.status_code == 429 and int(final.headers["retry-after"]) > 0
+    assert not upstream.requests
+
+
+# -- a forwarded hop that names no address, behind a trusted proxy ------------------------
+
+# hops the trusted proxy (127.0.0.1) passes on that are no plain address: before, the walk
+# stopped at them and took the proxy's own address for the client's
+UNREADABLE_HOPS = [
+    "203.0.113.9:5555",
+    "unknown",
+    "[2001:db8::1]:443",
+    "203.0.113.9%eth0",
+    "127.0.0.5, 203.0.113.9:5555",
+    "127.0.0.1%lo",
+    "_hidden",
+    "not-an-address",
+]
+
+
+@pytest.fixture(scope="module")
+def netgw(tmp_path_factory, sec_upstream: RecordingUpstream) -> Iterator[Gateway]:
+    """Behind a trusted proxy on 127.0.0.1, with routes that judge the client's address."""
+    routes = textwrap.dedent(
+        f"""
+        [[routes]]
+        name = "bypass"
+        path = "/bypass"
+        upstream = "{sec_upstream.url}"
+        auth = "required"
+        bypass_networks = ["127.0.0.0/8"]
+
+        [[routes]]
+        name = "loopback"
+        path = "/loopback"
+        upstream = "{sec_upstream.url}"
+        auth = "public"
+        networks = ["127.0.0.0/8"]
+
+        [[routes]]
+        name = "docnet"
+        path = "/docnet"
+        upstream = "{sec_upstream.url}"
+        auth = "public"
+        networks = ["203.0.113.0/24"]
+
+        [[routes]]
+        name = "open"
+        path = "/open"
+        upstream = "{sec_upstream.url}"
+        auth = "public"
+        """
+    )
+    extra = """
+        [server]
+        trusted_proxies = ["127.0.0.1/32"]
+
+        [login_limits]
+        max_failures = 1
+        lockout = "1m"
+        """
+    gateway = make_gateway(tmp_path_factory.mktemp("networks"), routes, extra)
+    yield gateway
+    gateway.stop()
+
+
+def test_the_network_routes_admit_the_proxy_and_refuse_a_forwarded_outsider(netgw, upstream):
+    # the baseline the attacks below are held to
+    assert request(netgw, "GET", "/bypass/x").status == 200
+    assert request(netgw, "GET", "/loopback/x").status == 200
+    outsider = [("X-Forwarded-For", "203.0.113.9")]
+    assert request(netgw, "GET", "/bypass/x", outsider).status == 401
+    assert request(netgw, "GET", "/loopback/x", outsider).status == 403
+
+
+@pytest.mark.parametrize("hops", UNREADABLE_HOPS)
+def test_an_unreadable_forwarded_hop_gets_no_bypass_networks(netgw, upstream, hops):
+    response = request(netgw, "GET", "/bypass/x", [("X-Forwarded-For", hops)])
+    assert response.status == 401
+    assert nothing_forwarded(upstream)
+
+
+@pytest.mark.parametrize("hops", UNREADABLE_HOPS)
+def test_an_unreadable_forwarded_hop_is_outside_networks(netgw, upstream, hops):
+    response = request(netgw, "GET", "/loopback/x", [("X-Forwarded-For", hops)])
+    assert response.status == 403
+    assert nothing_forwarded(upstream)
+
+
+def test_an_address_with_a_port_is_read_without_it(netgw, upstream):
+    path = marked("/docnet/x")
+    response = request(netgw, "GET", path, [("X-Forwarded-For", "203.0.113.9:5555")])
+    assert response.status == 200
+    assert only(upstream).header("x-forwarded-for") == ["203.0.113.9, 127.0.0.1"]
+    assert access_line(netgw, path)["client"] == "203.0.113.9"
+
+
+def test_a_bracketed_ipv6_address_with_a_port_is_read_without_it(netgw, upstream):
+    path = marked("/open/x")
+    response = request(netgw, "GET", path, [("X-Forwarded-For", "[2001:db8::1]:443")])
+    assert response.status == 200
+    assert only(upstream).header("x-forwarded-for") == ["2001:db8::1, 127.0.0.1"]
+    assert access_line(netgw, path)["client"] == "2001:db8::1"
+
+
+@pytest.mark.parametrize("hop", ["unknown", "203.0.113.9%eth0", "_hidden"])
+def test_an_unknown_client_is_logged_as_no_address_not_as_the_proxy(netgw, upstream, hop):
+    path = marked("/open/x")
+    response = request(netgw, "GET", path, [("X-Forwarded-For", hop)])
+    assert response.status == 200
+    # the chain goes on as it came, the peer appended; the gateway names no client of its own
+    assert only(upstream).header("x-forwarded-for") == [f"{hop}, 127.0.0.1"]
+    assert access_line(netgw, path)["client"] == ""
+
+
+def test_unknown_clients_do_not_use_up_the_proxys_own_login_budget(netgw, upstream):
+    # unknown clients count under no address (as a client without one does), so their
+    # failures lock them out together (4 = max_failures 1 x ADDRESS_FACTOR), not the proxy
+    with httpx.Client(base_url=netgw.url, trust_env=False) as client:
+        statuses = [
+            client.post(
+                "/.auth/login",
+                json={"username": f"nobody{i}", "password": "guess-guess"},
+                headers={"x-forwarded-for": "unknown"},
+            ).status_code
+            for i in range(5)
+        ]
+        own = client.post("/.auth/login", json={"username": "alice", "password": USERS["alice"][0]})
+    assert statuses == [401] * 4 + [429]
+    assert own.status_code == 200
+    failures = [line for line in netgw.logs().splitlines() if "login failed" in line]
+    assert len(failures) == 4
+    assert all(line.endswith("client=") for line in failures), failures
     assert not upstream.requests
