@@ -40,6 +40,12 @@ def is_safe_next(value: str) -> bool:
     return not parts.scheme and not parts.netloc
 
 
+def location_path(value: str) -> str:
+    """A safe `next` as it goes in a Location header: non-ASCII and other characters a header
+    cannot carry percent-encoded (UTF-8), reserved characters and existing escapes kept."""
+    return quote(value, safe=_PATH_SAFE + "#")
+
+
 def safe_next(value: str | None, fallback: str = "/") -> str:
     """The value if it is a safe `next`, else the fallback."""
     return value if value is not None and is_safe_next(value) else fallback

@@ -35,7 +35,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import audit
-from gateway.auth.redirects import Destination, Redirects, bare_host, parse_absolute, safe_next
+from gateway.auth.redirects import (
+    Destination,
+    Redirects,
+    bare_host,
+    location_path,
+    parse_absolute,
+    safe_next,
+)
 from gateway.auth.roles import TOO_MANY_ROLES, fits_store
 from gateway.auth.tokens import _FORBIDDEN_HEADERS, Claims, TokenError, TokenExpired
 from gateway.core.context import RequestContext, context_of
@@ -88,7 +95,9 @@ class Handoff:
         """Where the browser goes after any sign-in: a path here, or the host an absolute
         `next` names (by way of the hand-off when the cookie does not reach it)."""
         if next_target.startswith("/"):
-            return self.public_url + next_target
+            # `/é` would leave as a raw byte, and `/Ā` could not be written at all (a 500 after
+            # the session was made)
+            return self.public_url + location_path(next_target)
         dest = self.redirects.destination(next_target)
         return self.public_url + "/" if dest is None else self.entry(dest)
 

@@ -99,3 +99,27 @@ def test_the_login_redirect_encodes_the_original_target(gw, upstream):
     assert location.startswith(f"http://localhost:{gw.port}/.auth/login?next=%2Fapp%2Fx%3Fq%3D")
     assert "<" not in location and '"' not in location
     assert nothing_forwarded(upstream)
+
+
+@pytest.mark.parametrize(
+    "target,location",
+    [("/Ā/x", "/%C4%80/x"), ("/é?q=ü", "/%C3%A9?q=%C3%BC"), ("/a%20b?c=d&e#f", "/a%20b?c=d&e#f")],
+    ids=["beyond latin-1", "latin-1", "escapes and reserved kept"],
+)
+def test_a_non_ascii_next_is_percent_encoded_in_the_location(gw, upstream, target, location):
+    # `/Ā` once failed to encode after the session was made: a 500 and no cookie
+    with httpx.Client(base_url=gw.url, trust_env=False) as client:
+        csrf, _ = _csrf(client, target)
+        response = client.post(
+            "/.auth/login",
+            data={
+                "username": "alice",
+                "password": "alice-password-1",
+                "csrf": csrf,
+                "next": target,
+            },
+        )
+    assert response.status_code == 303
+    assert response.headers["location"] == f"http://localhost:{gw.port}{location}"
+    assert response.cookies.get("gw_session")
+    assert nothing_forwarded(upstream)
