@@ -27,6 +27,7 @@ import pytest
 from gateway.config import AuthConfig, IdentityConfig, SessionConfig
 from gateway.core.nexthop import canonical, truncated_header
 from tests.conftest import ROOT, USERS, Gateway, free_port, make_gateway, wait_port
+from tests.rawhttp import RawResponse, raw_request
 from tests.rawhttp import get as raw_get
 from tests.services import need
 from tests.traefik import start_traefik, traefik_binary, traefik_config
@@ -101,12 +102,27 @@ def replace(text: str, old: str, new: str) -> str:
 # -- the front proxies ------------------------------------------------------------------
 
 
-def nginx_config(directory: Path, port: int, gateway: int, app: str, variant=None) -> Path:
+# the app's server_name in the test nginx (nginx compares it with Host without the port): the
+# name the test clients send, and intranet.example, the host route tests/test_conformance.py
+# sends through nginx_config; any other Host goes to the example's refusing default server
+NGINX_SERVER_NAMES = "127.0.0.1 intranet.example"
+
+
+def nginx_config(
+    directory: Path,
+    port: int,
+    gateway: int,
+    app: str,
+    variant=None,
+    server_names: str = NGINX_SERVER_NAMES,
+) -> Path:
     """An nginx main config around examples/nginx.conf, everything kept inside `directory`."""
     site = (EXAMPLES / "nginx.conf").read_text()
     site = replace(site, f"server {EXAMPLE_GATEWAY};", f"server 127.0.0.1:{gateway};")
     site = replace(site, f"server {EXAMPLE_APP};", f"server {app};")
-    site = replace(site, "listen 80;", f"listen 127.0.0.1:{port};")
+    # `listen 80;` (the app's server) and `listen 80 default_server;` (the one refusing other hosts)
+    site = replace(site, "listen 80", f"listen 127.0.0.1:{port}")
+    site = replace(site, "server_name app.example.com;", f"server_name {server_names};")
     if variant is not None:
         site = variant(site)
     (directory / "site.conf").write_text(site)
@@ -332,6 +348,16 @@ def gateway_cookie(response: httpx.Response) -> list[str]:
     return [c for c in response.headers.get_list("set-cookie") if c.startswith("gw_session=")]
 
 
+def send_with_host(front: Front, target: str, host: str, headers=()) -> RawResponse | None:
+    """A GET with `host` as its Host header, byte for byte; None: closed without an answer."""
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    try:
+        return raw_request(front.port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    except ConnectionError:
+        return None
+
+
 # -- not signed in ----------------------------------------------------------------------
 
 
@@ -364,6 +390,27 @@ def test_the_verify_subrequest_location_is_not_reachable_from_outside(front: Fro
     # `internal`: nginx answers 404 for it and never asks the gateway or the app
     assert response.status_code == 404
     assert front.reached(m) is None
+
+
+# the host of the gateway's public host route ("other-host" in gateway_routes), as a client may
+# spell it; each proxy serves the app on its own name only, and none of these is that name
+PUBLIC_HOST_SPELLINGS = ["public.example", "PUBLIC.EXAMPLE.", "public.example:9999"]
+# what each proxy answers for a Host that is not the app's: nginx's default server closes the
+# connection (444: no answer), Traefik has no router for it, Caddy no site (an empty 200 of its own)
+OTHER_HOST_ANSWER = {"nginx": None, "caddy": 200, "traefik": 404}
+
+
+@pytest.mark.parametrize("host", PUBLIC_HOST_SPELLINGS)
+def test_a_client_cannot_pick_the_host_the_gateway_judges(front: Front, host: str):
+    """The gateway judges by the Host the proxy names: a proxy serving the app on any Host lets an
+    anonymous client name the public host route and open /admin."""
+    m = marker()
+    response = send_with_host(front, f"/admin/page?m={m}", host, API.items())
+    assert front.reached(m) is None, f"{front.kind} passed Host: {host} to the app"
+    status = None if response is None else response.status
+    assert status == OTHER_HOST_ANSWER[front.kind], response
+    if status == 200:
+        assert response.body == b"", response  # not the app's answer (a JSON echo)
 
 
 def test_a_public_route_reaches_the_upstream_without_any_identity(front: Front):
@@ -450,6 +497,45 @@ def test_the_app_never_sees_the_session_cookie_but_gets_its_own(front: Front):
     cookies = "; ".join(front.reached(m).header("cookie"))
     assert "theme=dark" in cookies
     assert "gw_session" not in cookies
+
+
+@pytest.mark.parametrize(
+    "front",
+    ["nginx", "caddy", pytest.param("traefik", marks=TRAEFIK_PASSES_CREDENTIALS)],
+    indirect=True,
+)
+@pytest.mark.parametrize(
+    ("path", "cookie"),
+    [
+        ("/page", "gw_session={token}; __Host-gw_session=x1; theme=dark"),
+        ("/page", "gw_session={token}; __Secure-gw_session=x2; theme=dark"),
+        # two copies: the gateway reads no session from them (a tossed duplicate), and the
+        # public route lets the request through to the app
+        ("/public/page", "gw_session={token}; theme=dark; gw_session={token}"),
+        (
+            "/public/page",
+            "__Host-gw_session=x1; gw_session={token}; theme=dark; __Secure-gw_session=x2",
+        ),
+    ],
+    ids=["__Host- prefix", "__Secure- prefix", "two copies", "three names"],
+)
+def test_the_app_never_sees_the_session_cookie_in_any_name_or_copy(
+    front: Front, path: str, cookie: str
+):
+    """An https public_url names the cookie __Host-gw_session (__Secure- with [session] domain),
+    and a browser may hold a host-only copy beside a domain one: the proxy removes each."""
+    token = front.signed_in("alice").cookies.get("gw_session")
+    m = marker()
+    headers = {**API, "cookie": cookie.format(token=token)}
+    response = front.client().get(f"{path}?m={m}", headers=headers)
+    assert response.status_code == 200, response.text
+    rec = front.reached(m)
+    assert rec is not None
+    if path == "/page":  # the session itself still works
+        assert identity_headers(rec)[b"x-user-id"] == ["alice"]
+    cookies = "; ".join(rec.header("cookie"))
+    assert "theme=dark" in cookies
+    assert "gw_session" not in cookies, cookies
 
 
 def test_a_user_without_the_role_gets_403_and_one_with_it_gets_through(front: Front):
