@@ -172,7 +172,7 @@ def start_nginx_forward_auth(
             marker,
             marker
             + "        proxy_cache gateway_verdicts;\n"
-            + '        proxy_cache_key "$cookie_gw_session|$http_authorization|'
+            + '        proxy_cache_key "$http_cookie|$http_authorization|'
             + '$request_method|$host|$request_uri";\n'
             + f"        proxy_cache_valid 200 {AUTH_CACHE_SECONDS}s;\n"
             # the gateway says no-store on everything it answers; Set-Cookie still stops caching

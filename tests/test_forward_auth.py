@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -737,3 +738,70 @@ def test_every_example_strips_the_legacy_headers_the_gateway_strips():
         assert f'proxy_set_header {name} "";' in nginx, f"nginx.conf passes {name}"
         assert f"request_header -{name}\n" in caddy, f"Caddyfile passes {name}"
         assert f'{name}: ""' in traefik, f"traefik.yml passes {name}"
+
+
+def readme_verdict_cache() -> tuple[str, str]:
+    """The README's optional nginx verdict cache: its http {} line and its location lines."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("**Keep-alive and an optional verdict cache (nginx).**", 1)[1]
+    block = block.split("```nginx\n", 1)[1].split("```", 1)[0]
+    http_part, _, location_part = block.partition("# inside location = /_gateway_verify")
+    http_lines = [line for line in http_part.splitlines() if line and not line.startswith("#")]
+    location_lines = [line for line in location_part.splitlines() if line.strip()][1:]
+    assert len(http_lines) == 1 and http_lines[0].startswith("proxy_cache_path"), block
+    assert any("proxy_cache_key" in line for line in location_lines), block
+    return http_lines[0], "\n".join(location_lines)
+
+
+def test_the_readme_verdict_cache_never_hands_one_users_verdict_to_another(
+    tmp_path, upstream: RecordingUpstream
+):
+    """With an https public_url the cookie is __Host-gw_session, which nginx's $cookie_ cannot
+    name: a key built on $cookie_gw_session gave every client of a URI the first one's 200."""
+    proxy_available("nginx")
+    http_line, location_lines = readme_verdict_cache()
+    http_line = re.sub(r"proxy_cache_path \S+", f"proxy_cache_path {tmp_path}/verdicts", http_line)
+    port = free_port()
+    extra = """
+        [server]
+        public_url = "https://app.example.com"
+        trusted_proxies = ["127.0.0.1/32"]
+        """
+    gateway = make_gateway(tmp_path / "gateway", gateway_routes(upstream.url), extra)
+    marker_line = "        proxy_pass http://gateway/.auth/verify;\n"
+
+    def with_cache(site: str) -> str:
+        site = replace(site, marker_line, marker_line + location_lines + "\n")
+        return http_line + "\n" + site
+
+    app = upstream.url.removeprefix("http://")
+    proc = start_nginx(nginx_config(tmp_path, port, gateway.port, app, with_cache), port)
+    try:
+        login = httpx.post(
+            f"{gateway.url}/.auth/login",
+            json={"username": "bob", "password": USERS["bob"][0]},
+            headers=API,
+        )
+        assert login.status_code == 200, login.text
+        token = login.cookies.get("__Host-gw_session")
+        assert token, login.headers.get_list("set-cookie")
+        m = marker()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
+            bob = client.get(
+                f"/admin/x?m={m}", headers={**API, "cookie": f"__Host-gw_session={token}"}
+            )
+            assert bob.status_code == 200, bob.text
+            # the same URI at once, inside the cache time: anonymous, then with a forged cookie
+            anonymous = client.get(f"/admin/x?m={m}", headers=API)
+            forged = client.get(
+                f"/admin/x?m={m}", headers={**API, "cookie": "__Host-gw_session=forged"}
+            )
+        assert anonymous.status_code == 401, anonymous.text
+        assert forged.status_code == 401, forged.text
+        time.sleep(0.2)
+        reached = [r for r in upstream.requests if m in r.target]
+        assert len(reached) == 1
+        assert identity_headers(reached[0])[b"x-user-id"] == ["bob"]
+    finally:
+        stop(proc)
+        gateway.stop()
