@@ -147,6 +147,10 @@ def cmd_users(args: argparse.Namespace) -> int:
                 raise Failure(f"no user {args.name!r}")
             record = set_user(path, args.name, _password(args), _roles(args.roles))
             print(f"changed the password of {record.name}")
+            _audit(config, "password.changed", user=record.name, by="cli")
+            # as a change on the account page does: a session taken with the old password
+            # (or stolen) must not outlive the reset
+            _end_sessions(config, record.name, "password_changed")
         elif args.users_command == "remove":
             remove_user(path, args.name)
             print(f"removed {args.name}")
@@ -170,8 +174,9 @@ def _user_state(record: UserRecord) -> str:
     return "disabled" if record.disabled else ""
 
 
-def _end_sessions(config: Config, user: str) -> None:
-    """Revoke every session of a removed or disabled user, so no replica waits for a refresh."""
+def _end_sessions(config: Config, user: str, reason: str = "user changed") -> None:
+    """Revoke every session of a removed or disabled user, or of one whose password changed,
+    so no replica waits for a refresh."""
     from gateway.store import open_store
     from gateway.store.base import StoreUnavailable
 
@@ -185,11 +190,17 @@ def _end_sessions(config: Config, user: str) -> None:
     try:
         count = asyncio.run(work())
     except StoreUnavailable as exc:
+        if reason == "password_changed":
+            # the user still signs in: no refresh ends these sessions by itself
+            raise Failure(
+                f"store unavailable: {exc}; the password is changed but {user}'s sessions "
+                f"go on: run `gateway sessions revoke {user}` once the store is back"
+            ) from None
         raise Failure(
             f"store unavailable: {exc}; {user}'s sessions end at their next refresh"
         ) from None
     print(f"revoked {count} session(s) of {user}")
-    _audit(config, "session.revoked", user=user, count=count, reason="user changed", by="cli")
+    _audit(config, "session.revoked", user=user, count=count, reason=reason, by="cli")
 
 
 def _audit(config: Config, name: str, **fields: object) -> None:
@@ -467,11 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--roles", help="comma-separated roles")
     add.add_argument("--password-stdin", action="store_true")
-    passwd = users_sub.add_parser("passwd", parents=[common])
+    passwd = users_sub.add_parser(
+        "passwd", parents=[common], help="set a new password; ends sessions"
+    )
     passwd.add_argument("name")
     passwd.add_argument("--roles", help="replace the roles too")
     passwd.add_argument("--password-stdin", action="store_true")
-    remove = users_sub.add_parser("remove", parents=[common])
+    remove = users_sub.add_parser("remove", parents=[common], help="ends sessions")
     remove.add_argument("name")
     disable = users_sub.add_parser("disable", parents=[common], help="no sign-in; ends sessions")
     disable.add_argument("name")

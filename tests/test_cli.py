@@ -14,6 +14,7 @@ import pytest
 from gateway.auth.keys import write_key
 from gateway.config import ConfigError, load_config, parse_duration
 from gateway.sources.file import read_users
+from tests.conftest import USERS, closed_port, standard_routes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,6 +227,51 @@ def test_users_add_list_passwd_remove(tmp_path: Path):
     assert read_users(users_file) == {}
     missing = gateway_cmd("users", "remove", "carol", "-c", c)
     assert missing.returncode == 1 and "no user" in missing.stderr
+
+
+@pytest.mark.parametrize("revocation", ["", "strict"], ids=["default revocation", "strict"])
+def test_users_passwd_ends_the_sessions_of_the_user(gateway_factory, upstream, revocation):
+    """An operator's password reset ends a stolen session at once, as `disable` does: the
+    running gateway and the CLI share the config and its SQLite store."""
+    mode = f'\n[session]\nrevocation = "{revocation}"\n' if revocation else ""
+    gw = gateway_factory(
+        routes=standard_routes(upstream.url, f"http://127.0.0.1:{closed_port()}"),
+        # the default (lazy) mode asks the store at the refresh: make that one second away
+        extra='[auth]\nrefresh = "1s"\n' + mode,
+    )
+    json_only = {"accept": "application/json"}
+    alice = gw.login("alice")
+    bob = gw.login("bob")
+    stolen = {**json_only, "cookie": f"gw_session={alice.cookies['gw_session']}"}
+    assert gw.client().get("/app/x", headers=stolen).status_code == 200
+
+    changed = gateway_cmd(
+        "users",
+        "passwd",
+        "alice",
+        "--password-stdin",
+        "-c",
+        str(gw.config),
+        stdin="alice-new-password-2\n",
+    )
+    assert changed.returncode == 0, changed.stderr
+    time.sleep(1.2)  # past the refresh (and strict mode's 1 s memory of a good answer)
+
+    refused = gw.client().get("/app/x", headers=stolen)
+    assert refused.status_code == 401, refused.text
+    cookies = refused.headers.get_list("set-cookie")
+    assert not [c for c in cookies if "Max-Age=0" not in c]  # cleared at most, not re-issued
+    assert gw.client().get("/.auth/me", headers=stolen).status_code == 401
+    assert bob.get("/app/x", headers=json_only).status_code == 200  # another user's stays
+    assert changed.stdout.splitlines() == [
+        "changed the password of alice",
+        "revoked 1 session(s) of alice",
+    ]
+    old = gw.client().post(
+        "/.auth/login", json={"username": "alice", "password": USERS["alice"][0]}
+    )
+    assert old.status_code == 401
+    assert gw.login("alice", "alice-new-password-2").get("/app/x").status_code == 200
 
 
 def test_users_add_refuses_bad_names_and_empty_passwords(tmp_path: Path):

@@ -218,6 +218,48 @@ def test_wrong_codes_count_and_lock_even_the_right_code(gateway_factory, upstrea
     assert kinds.count("mfa.failed") >= 2 and "mfa.locked" in kinds
 
 
+# the zero of digits that str.isdigit() takes too, but that make no TOTP code
+OTHER_ZEROS = {"arabic-indic": "\u0660", "fullwidth": "\uff10", "devanagari": "\u0966"}
+
+
+def in_digits(ascii_code: str, digits: str) -> str:
+    """The code an app shows, spelt in other digits (Arabic-Indic: U+0661 U+0662 ...)."""
+    return "".join(chr(ord(OTHER_ZEROS[digits]) + int(c)) for c in ascii_code)
+
+
+def test_a_code_in_other_digits_is_a_wrong_enrollment_code(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream)  # max_failures = 3
+    client = gw.login("alice")
+    secret = client.get("/.auth/mfa", headers=JSON).json()["totp"]["secret"]
+    for digits in ("arabic-indic", "fullwidth"):
+        other = in_digits(code(secret, -30), digits)
+        r = client.post("/.auth/mfa/totp/enroll", json={"code": other})
+        assert r.status_code == 401, (digits, r.status_code, r.text)
+        assert r.json()["error"] == "invalid_code"
+    failed = [e for e in audit_lines(gw) if e["event"] == "mfa.failed"]
+    assert [e["reason"] for e in failed] == ["wrong_enrollment_code"] * 2
+    done = client.post("/.auth/mfa/totp/enroll", json={"code": code(secret, -30)})
+    assert done.status_code == 200, done.text
+
+
+def test_codes_in_other_digits_are_wrong_codes_and_count_at_sign_in(gateway_factory, upstream):
+    """Three of them lock the sign-in as three wrong ASCII codes do (max_failures = 3)."""
+    gw = start(gateway_factory, upstream)
+    _, secret, _, _ = enroll(gw)
+    client, handle, _ = pending(gw)
+    for digits in ("arabic-indic", "fullwidth", "devanagari"):
+        other = in_digits(code(secret, 30), digits)
+        r = client.post("/.auth/mfa/totp", json={"code": other, "pending": handle})
+        assert r.status_code == 401, (digits, r.status_code, r.text)
+        assert r.json()["error"] == "invalid_code"
+    locked = client.post("/.auth/mfa/totp", json={"code": code(secret, 30), "pending": handle})
+    assert locked.status_code == 429, locked.text
+    assert locked.json()["error"] == "too_many_attempts"
+    assert "gw_session" not in client.cookies
+    failed = [e for e in audit_lines(gw) if e["event"] == "mfa.failed"]
+    assert [(e["method"], e["reason"]) for e in failed] == [("totp", "wrong_code")] * 3
+
+
 def test_the_right_password_does_not_reset_wrong_codes(gateway_factory, upstream):
     """A thief who holds the password signs in again between guesses: the count of wrong
     codes goes on (the password alone, while a factor is due, forgets no failure)."""

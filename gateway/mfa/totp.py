@@ -39,7 +39,9 @@ def qr_svg(uri: str) -> str:
 def matching_step(secret: str, code: str, now: float) -> int | None:
     """The time step (now ±WINDOW) whose code this is, or None."""
     code = code.strip().replace(" ", "")
-    if len(code) != DIGITS or not code.isdigit():
+    # ASCII only: str.isdigit() takes Arabic-Indic, fullwidth and other digits too, which make
+    # no code (and hmac.compare_digest raises on a non-ASCII str): a wrong code like any other
+    if len(code) != DIGITS or not (code.isascii() and code.isdigit()):
         return None
     totp = pyotp.TOTP(secret)
     current = int(now // STEP)
