@@ -4,7 +4,8 @@ Each private key is one PEM file `<kid>.pem` (mode 0600) in the key directory. K
 sort by creation time. A new key verifies at once but signs only once it is
 ACTIVATE_AFTER seconds old, so every replica has read it (they re-read the directory
 at least that often) before any token signed with it reaches them. Older keys only
-verify until their tokens have expired and an operator retires them.
+verify until their tokens have expired and an operator retires them: a retired key stops
+verifying in every running gateway within the keyring's reload interval (5 s).
 """
 
 from __future__ import annotations
@@ -141,8 +142,16 @@ def load_keys(directory: Path) -> list[SigningKey]:
     for file in sorted(files, key=lambda f: (created_at(f.stem), f.stem)):
         kid = file.stem
         try:
-            private = serialization.load_pem_private_key(file.read_bytes(), password=None)
-        except (OSError, ValueError, TypeError) as exc:
+            pem = file.read_bytes()
+        except FileNotFoundError:
+            # retired between the listing and the read: a gateway re-reading its keys on a
+            # request must not fail it (nor keep the key) over that race
+            continue
+        except OSError as exc:
+            raise KeyFileError(f"key {kid} cannot be loaded ({exc.__class__.__name__})") from None
+        try:
+            private = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError) as exc:
             raise KeyFileError(f"key {kid} cannot be loaded ({exc.__class__.__name__})") from None
         algorithm = _algorithm_of(private)
         if algorithm is None:

@@ -4,7 +4,10 @@ A browser sends the same cookie on every request: verifying its signature again 
 was the largest single cost of a proxied request (EdDSA verify + PyJWT parsing, ~19% of
 CPU in the profile in bench/RESULTS.md). Only successful verifications are remembered,
 keyed by the exact token string; an entry ends when the token expires (`exp` plus the
-leeway verification allows) or when the key that signed it is no longer in the keyring.
+leeway verification allows) or when the key that signed it is no longer in the keyring. Every
+hit asks the keyring, which re-reads the key directory once its last read is the reload
+interval old (gateway.auth.tokens._RELOAD_EVERY): a cached token of a retired key is refused
+within that interval, as an uncached one is.
 Revocation is not decided here: authn still asks the session store exactly as before.
 """
 
@@ -29,7 +32,8 @@ class VerifiedTokens:
         entry = self._cache.get(token)
         if entry is not None:
             claims, key = entry
-            # expired, or signed by a key since retired: verify in full (and raise) again
+            # expired, or signed by a key since retired (lookup re-reads the directory when
+            # due, and keeps the same object for a key still there): verify in full again
             if claims.exp > self.tokens.clock() - LEEWAY and (
                 self.tokens.keyring.lookup(claims.kid) is key
             ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import secrets
 import threading
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from gateway.auth.keys import SigningKey, active_key, load_keys, secret_key
@@ -26,6 +28,8 @@ MAX_TOKEN_BYTES = 4096
 _ROLES_REF = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # header parameters that name key material or change how the token is read: we honour none
 _FORBIDDEN_HEADERS = frozenset({"jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64"})
+# seconds: how stale the keyring may get; a key retired on disk stops verifying (and a rotated
+# one starts) in every worker within this long, checked on every lookup (one clock comparison)
 _RELOAD_EVERY = 5.0
 
 Clock = Callable[[], float]
@@ -68,7 +72,12 @@ class Claims:
 
 
 class Keyring:
-    """The keys that sign and verify, reloaded from disk when an unknown kid shows up."""
+    """The keys that sign and verify, re-read from disk at most _RELOAD_EVERY seconds apart.
+
+    Each lookup, signing_key call and JWKS request first re-reads the directory once the last
+    read is _RELOAD_EVERY old: a retired key (`gateway keys retire`, e.g. after a leak) stops
+    verifying within that interval in every worker, whether or not it mints anything.
+    """
 
     def __init__(self, config: KeysConfig, clock: Clock = time.time) -> None:
         self.config = config
@@ -88,6 +97,10 @@ class Keyring:
             keys = [k for k in load_keys(self.config.dir) if k.algorithm == self.algorithm]
         if not keys:
             raise TokenError(f"no {self.algorithm} key in {self.config.dir}")
+        # a key read again is the object read before (same kid, same material): the verified-token
+        # cache and the assertion signer keep what they hold for it across reloads
+        known = self._keys
+        keys = [_same_key(known.get(k.kid), k) for k in keys]
         with self._lock:
             self._keys = {k.kid: k for k in keys}
             self._ordered = keys
@@ -104,18 +117,22 @@ class Keyring:
         return active_key(self._ordered, self._clock())
 
     def lookup(self, kid: str) -> SigningKey | None:
-        """The key with this id; an unknown id reloads the directory at most every few seconds."""
-        key = self._keys.get(kid)
-        if key is not None or self.algorithm == "HS256":
-            return key
-        if self._clock() - self._last_load >= _RELOAD_EVERY:
-            self.reload()
-            key = self._keys.get(kid)
-        return key
+        """The key with this id, as the directory held it at most _RELOAD_EVERY seconds ago.
+
+        A known id is re-checked too, not only an unknown one: a retired key must stop
+        verifying without waiting for this worker to mint something.
+        """
+        self.maybe_refresh()
+        return self._keys.get(kid)
 
     def maybe_refresh(self) -> None:
-        """Pick up a rotation made by another replica, checked at most every few seconds."""
-        if self.algorithm != "HS256" and self._clock() - self._last_load >= _RELOAD_EVERY:
+        """Re-read the directory when the last read is _RELOAD_EVERY old (a rotation made by
+        another replica, a retired key); otherwise one clock comparison."""
+        if self.algorithm == "HS256":
+            return
+        elapsed = self._clock() - self._last_load
+        # a clock stepped back (elapsed < 0) must not hold the last read for that long
+        if not 0.0 <= elapsed < _RELOAD_EVERY:
             self.reload()
 
     def jwks(self) -> dict[str, Any]:
@@ -128,6 +145,20 @@ class Keyring:
             jwk.update({"kid": key.kid, "alg": key.algorithm, "use": "sig"})
             out.append(jwk)
         return {"keys": out}
+
+
+def _same_key(known: SigningKey | None, loaded: SigningKey) -> SigningKey:
+    """`known` when it is the key just loaded (same kid, algorithm, public key), else `loaded`."""
+    if known is None or known.algorithm != loaded.algorithm:
+        return loaded
+    return known if _public_bytes(known) == _public_bytes(loaded) else loaded
+
+
+def _public_bytes(key: SigningKey) -> bytes:
+    public: Any = key.public
+    if isinstance(public, bytes):  # an HS256 secret
+        return public
+    return public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 def _public_jwk(key: SigningKey) -> dict[str, Any]:
@@ -296,7 +327,7 @@ class Tokens:
             raise TokenError("invalid") from None
         claims = _session_claims(payload, kid)
         now = self.clock()
-        if _number(payload["nbf"]) > now + LEEWAY or claims.iat > now + LEEWAY:
+        if claim_number(payload["nbf"]) > now + LEEWAY or claims.iat > now + LEEWAY:
             raise TokenError("not yet valid")
         if claims.exp - claims.iat > self.access_ttl + LEEWAY:
             raise TokenError("lifetime")
@@ -317,31 +348,48 @@ def _header(token: str) -> dict[str, Any]:
     return header
 
 
-def _number(value: object) -> float:
+def claim_number(value: object) -> float:
+    """A numeric claim (a time) as a finite float, or TokenError("claim type").
+
+    PyJWT's JSON parser takes NaN and Infinity, and a NaN compares false with everything: it
+    would pass every time check. An integer too large for a float is refused as well.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenError("claim type")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise TokenError("claim type") from None
+    if not math.isfinite(number):
+        raise TokenError("claim type")
+    return number
 
 
-def _string(value: object) -> str:
-    if not isinstance(value, str) or not value:
+def claim_text(value: object, nonempty: bool = True) -> str:
+    """A string claim with no control character (CR, LF, NUL, tab, ...), or TokenError.
+
+    These strings become header values and log fields (X-User-Id is `sub`): a line break in
+    one would start a header line of the signer's choosing.
+    """
+    if not isinstance(value, str) or (nonempty and not value) or not value.isprintable():
         raise TokenError("claim type")
     return value
 
 
-def _strings(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+def claim_texts(value: object) -> tuple[str, ...]:
+    """A list-of-strings claim (roles, amr), each as claim_text allows (empty ones too)."""
+    if not isinstance(value, list):
         raise TokenError("claim type")
+    for item in value:
+        claim_text(item, nonempty=False)
     return tuple(value)
 
 
 def _session_claims(payload: dict[str, Any], kid: str) -> Claims:
-    roles = _strings(payload["roles"])
+    roles = claim_texts(payload["roles"])
     # tokens minted before `amr` existed carry none: they count as no factor at all
-    amr = _strings(payload.get("amr", []))
-    username = payload.get("username", "")
-    if not isinstance(username, str):
-        raise TokenError("claim type")
+    amr = claim_texts(payload.get("amr", []))
+    username = claim_text(payload.get("username", ""), nonempty=False)
     roles_ref = payload.get("rref", "")
     # a reference names one store record: short base64url text, never beside inline roles
     if "rref" in payload and (
@@ -349,12 +397,12 @@ def _session_claims(payload: dict[str, Any], kid: str) -> Claims:
     ):
         raise TokenError("claim type")
     return Claims(
-        sub=_string(payload["sub"]),
+        sub=claim_text(payload["sub"]),
         roles=roles,
-        sid=_string(payload["sid"]),
-        jti=_string(payload["jti"]),
-        iat=_number(payload["iat"]),
-        exp=_number(payload["exp"]),
+        sid=claim_text(payload["sid"]),
+        jti=claim_text(payload["jti"]),
+        iat=claim_number(payload["iat"]),
+        exp=claim_number(payload["exp"]),
         kid=kid,
         amr=amr,
         username=username,
