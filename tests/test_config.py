@@ -329,3 +329,23 @@ def test_two_spellings_of_one_route_host_are_one_place(tmp_path):
     ]
     with pytest.raises(ConfigError):
         build_config({"routes": routes}, tmp_path, env={})
+
+
+@pytest.mark.parametrize(
+    "raw,field",
+    [
+        ({"identity": {"user_header": "X-User-Id\n"}}, "identity.user_header"),
+        ({"session": {"cookie": "gw\n"}}, "session.cookie"),
+        ({"routes": [{**ROUTE, "name": "site\n"}]}, "routes[0].name"),
+        ({"routes": [{**ROUTE, "roles": ["admin\n"]}]}, "routes[0].roles"),
+        ({"routes": [{**ROUTE, "host": "crm.example.com\n"}]}, "routes[0].host"),
+    ],
+    ids=["header", "cookie", "route name", "role", "host"],
+)
+def test_a_name_ending_in_a_line_break_is_refused(tmp_path, raw, field):
+    # a pattern's `$` also matches before a final newline; a header name with one would split
+    # the headers the upstream receives
+    raw = {"routes": [dict(ROUTE)], **raw}
+    with pytest.raises(ConfigError) as info:
+        build_config(raw, tmp_path, env={})
+    assert field in str(info.value)

@@ -516,6 +516,10 @@ def test_a_forged_or_broken_code_is_refused(corp: Gateway) -> None:
             "bad signature": f"{header}.{body}.{signature[::-1]}",
             "not a jwt": "abc",
             "another audience": forged_code(corp, steps.code, aud=f"http://{PORTAL}:{corp.port}"),
+            # signed with our key: a NaN exp compares false with every clock (never expires)
+            "NaN exp": forged_code(corp, steps.code, exp=float("nan")),
+            "NaN iat": forged_code(corp, steps.code, iat=float("nan")),
+            "line break in sub": forged_code(corp, steps.code, sub="alice\r\nX-Injected: 1"),
         }
         for why, code in cases.items():
             refused = steps.redeem(steps.redeem_url.replace(steps.code, quote(code, safe="")))

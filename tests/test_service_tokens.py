@@ -397,3 +397,11 @@ def test_forward_auth_takes_a_token_where_the_route_takes_a_bearer(replicas):
     assert verify("/admin/x").status_code == 403  # no admin role
     tokens(a, "revoke", "checker")
     assert verify("/deployments/x").status_code == 401
+
+
+def test_a_name_ending_in_a_line_break_is_refused(replicas):
+    # a regex's `$` also matches before a final newline: the name would become X-User-Id
+    a, _ = replicas
+    done = tokens(a, "create", "linebreak\n", ok=False)
+    assert "is not 1-64" in done.stdout + done.stderr
+    assert "linebreak" not in listed(a)

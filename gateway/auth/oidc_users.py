@@ -136,7 +136,7 @@ def _roles(config: OidcConfig, claims: dict[str, Any]) -> tuple[str, ...]:
     out = []
     for name in names:
         role = mapping.get(name, name)
-        if _ROLE.match(role):
+        if _ROLE.fullmatch(role):
             out.append(role)
     return tuple(dict.fromkeys(out))
 

@@ -35,8 +35,9 @@ from gateway.store.base import Store
 
 TOKEN_PREFIX = "gwst_"
 _TOKEN = re.compile(r"^gwst_[A-Za-z0-9_-]{43}$")
-NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-ROLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+# matched whole (fullmatch): `$` would also take a name or role ending in a line break
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+ROLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 USED_EVERY = 60.0  # seconds between last-use writes of one token in one process
 _USED_LIMIT = 10_000
 
@@ -70,7 +71,7 @@ def looks_like_token(value: str) -> bool:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ServiceTokenError(
             f"service name {name[:70]!r} is not 1-64 of a-z 0-9 . _ - (starting with a letter "
             "or digit)"
@@ -80,7 +81,7 @@ def check_name(name: str) -> str:
 
 def check_roles(roles: list[str]) -> tuple[str, ...]:
     for role in roles:
-        if not ROLE.match(role):
+        if not ROLE.fullmatch(role):
             raise ServiceTokenError(
                 f"role {role[:70]!r} is not 1-64 of A-Z a-z 0-9 . _ : - (starting with a "
                 "letter or digit)"
@@ -129,6 +130,7 @@ class ServiceTokens:
         """A new token for `name` (which must not have one): the token, printed once, and its
         record."""
         check_name(name)
+        roles = check_roles(list(roles))
         now = self.clock()
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         hashed = digest(token)

@@ -358,7 +358,7 @@ def _issuer(value: object) -> str:
 
 def _claim(value: object) -> str:
     text = v.string(value)
-    if text and not _CLAIM.match(text):
+    if text and not _CLAIM.fullmatch(text):
         raise ValueError("is not a claim name")
     return text
 
@@ -368,7 +368,7 @@ def _role_map(value: object) -> tuple[tuple[str, str], ...]:
         raise ValueError("must be a table of provider role = our role")
     out = []
     for theirs, ours in value.items():
-        if not isinstance(ours, str) or not _ROLE.match(ours):
+        if not isinstance(ours, str) or not _ROLE.fullmatch(ours):
             raise ValueError(f"maps {theirs!r} to {ours!r}, which is not a role name")
         out.append((str(theirs), ours))
     return tuple(out)
@@ -377,7 +377,7 @@ def _role_map(value: object) -> tuple[tuple[str, str], ...]:
 def _domains(value: object) -> tuple[str, ...]:
     names = tuple(ascii_lower(d.strip().lstrip("@")) for d in v.string_list(value))
     for name in names:
-        if not all(_DNS_LABEL.match(label) for label in name.split(".")):
+        if not all(_DNS_LABEL.fullmatch(label) for label in name.split(".")):
             raise ValueError(f"has {name!r}, which is not a domain name")
     return names
 
@@ -398,13 +398,13 @@ def _oidc_providers(raw: object, users: str, errors: list[str]) -> tuple[OidcCon
             if key not in r.raw:
                 errors.append(f"{path}.{key}: missing")
         name = r.get("name", v.string, default="")
-        if "name" in r.raw and not _OIDC_NAME.match(name):
+        if "name" in r.raw and not _OIDC_NAME.fullmatch(name):
             errors.append(f"{path}.name: {name!r} is not 1-32 of a-z, 0-9 and single '-'")
         scopes = r.get("scopes", v.string_list)
         if "openid" not in scopes:
             errors.append(f'{path}.scopes: {list(scopes)!r} lacks "openid"')
         prefix = r.get("id_prefix", v.string)
-        if prefix and not _ID_PREFIX.match(prefix):
+        if prefix and not _ID_PREFIX.fullmatch(prefix):
             errors.append(
                 f"{path}.id_prefix: {prefix!r} is not 1-32 of a-z 0-9 . _ - followed by ':'"
             )
@@ -515,7 +515,7 @@ def _roles(value: object) -> tuple[str, ...]:
     roles = v.string_list(value)
     for role in roles:
         # a role goes into X-User-Roles, joined by commas: one must not split or end it
-        if not _ROLE.match(role):
+        if not _ROLE.fullmatch(role):
             raise ValueError(f"has {role!r}; a role is 1-64 letters, digits, '.', '_', ':', '-'")
     return tuple(dict.fromkeys(roles))
 
@@ -538,7 +538,7 @@ def _cookie_domain(value: object) -> str:
     if text.startswith("."):
         raise ValueError('starts with a dot; write the domain itself, e.g. "corp.test"')
     labels = text.split(".")
-    if len(text) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+    if len(text) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
         raise ValueError(
             "is not a DNS name: dot-separated labels of letters, digits and '-', "
             "without scheme, port, path or a trailing dot"

@@ -113,7 +113,7 @@ def secure(value: object) -> str | bool:
 def header_name(value: object) -> str:
     """An HTTP header name (a token)."""
     text = string(value)
-    if not _HEADER_NAME.match(text):
+    if not _HEADER_NAME.fullmatch(text):
         raise ValueError("is not a valid header name")
     return text
 
@@ -124,9 +124,14 @@ def optional_header_name(value: object) -> str:
 
 
 def string_list(value: object) -> tuple[str, ...]:
-    """A list of non-empty strings."""
+    """A list of non-empty strings, each one line of printable text."""
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError("must be a list of non-empty strings")
+    bad = next((v for v in value if not v.isprintable()), None)
+    if bad is not None:
+        # a role with a line break could never be a user's (tokens refuse one), and a header
+        # name with one would split the headers the upstream receives
+        raise ValueError(f"has {bad!r}, which is not one line of printable text")
     return tuple(value)
 
 
@@ -186,7 +191,9 @@ def origins(value: object) -> tuple[str, ...]:
 def prefix(value: object) -> str:
     """`auth.prefix`: an absolute path of plain segments."""
     text = string(value)
-    if not re.match(r"^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$", text) or ".." in text.split("/"):
+    if not re.fullmatch(r"^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$", text) or ".." in text.split(
+        "/"
+    ):
         raise ValueError('must be an absolute path like "/.auth"')
     return text
 
@@ -194,7 +201,7 @@ def prefix(value: object) -> str:
 def cookie_name(value: object) -> str:
     """A cookie name the gateway may prefix with `__Host-` itself."""
     text = string(value)
-    if not _COOKIE_NAME.match(text) or text.lower().startswith(("__host-", "__secure-")):
+    if not _COOKIE_NAME.fullmatch(text) or text.lower().startswith(("__host-", "__secure-")):
         raise ValueError("must be letters, digits, - or _ (the __Host- prefix is added for you)")
     return text
 
@@ -228,7 +235,7 @@ def sql_dsn_problem(dsn: str) -> str | None:
 def route_name(value: object) -> str:
     """A route's name: letters, digits, '.', '_' or '-'."""
     text = string(value)
-    if not _ROUTE_NAME.match(text):
+    if not _ROUTE_NAME.fullmatch(text):
         raise ValueError("must be letters, digits, '.', '_' or '-'")
     return text
 
@@ -247,7 +254,7 @@ def host(value: object) -> str:
     """A host name (optionally with :port): lower-cased, without the trailing dot of a fully
     qualified name, the port as a number (`CRM.example.com.:08443` is `crm.example.com:8443`)."""
     text = ascii_lower(string(value))
-    if not re.match(r"^[a-z0-9.-]+(:\d+)?$", text):
+    if not re.fullmatch(r"^[a-z0-9.-]+(:\d+)?$", text):
         raise ValueError("is not a host name")
     name, _, port = text.partition(":")
     name = name.rstrip(".")
@@ -308,6 +315,6 @@ def ldap_filter(value: object) -> str:
 def ldap_attribute(value: object) -> str:
     """An LDAP attribute name: a descriptor like `cn` or `sAMAccountName`, or an OID."""
     text = nonempty(value).strip()
-    if not re.match(r"^([A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+)$", text):
+    if not re.fullmatch(r"^([A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+)$", text):
         raise ValueError("is not an LDAP attribute name")
     return text

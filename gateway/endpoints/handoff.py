@@ -44,7 +44,15 @@ from gateway.auth.redirects import (
     safe_next,
 )
 from gateway.auth.roles import TOO_MANY_ROLES, fits_store
-from gateway.auth.tokens import _FORBIDDEN_HEADERS, Claims, TokenError, TokenExpired
+from gateway.auth.tokens import (
+    _FORBIDDEN_HEADERS,
+    Claims,
+    TokenError,
+    TokenExpired,
+    claim_number,
+    claim_text,
+    claim_texts,
+)
 from gateway.core.context import RequestContext, context_of
 from gateway.endpoints.common import HEADERS, Refused, json_error, wants_json
 from gateway.pages import render_message
@@ -281,19 +289,17 @@ class Handoff:
             )
         except jwt.PyJWTError:
             raise invalid from None
-        strings = ("sub", "sid", "host", "origin", "state", "jti")
-        if not all(isinstance(payload[k], str) and payload[k] for k in strings):
-            raise invalid
-        times = (payload["iat"], payload["exp"])
-        if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in times):
-            raise invalid
-        amr = payload.get("amr", [])
-        username = payload.get("username", "")
-        if not isinstance(amr, list) or not all(isinstance(m, str) for m in amr):
-            raise invalid
-        if not isinstance(username, str):
-            raise invalid
-        return {**payload, "amr": tuple(amr), "username": username}
+        # the session token's own rules: printable text, finite times (a NaN exp would never
+        # expire: it compares false with every clock)
+        try:
+            for name in ("sub", "sid", "host", "origin", "state", "jti"):
+                claim_text(payload[name])
+            iat, exp = claim_number(payload["iat"]), claim_number(payload["exp"])
+            amr = claim_texts(payload.get("amr", []))
+            username = claim_text(payload.get("username", ""), nonempty=False)
+        except TokenError:
+            raise invalid from None
+        return {**payload, "iat": iat, "exp": exp, "amr": amr, "username": username}
 
     def _clear_state(self) -> str:
         return f"{self.state_cookie}=; Max-Age=0; {self.state_attrs}"

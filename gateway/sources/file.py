@@ -38,7 +38,7 @@ def check_username(name: str) -> str:
 def check_roles(roles: list[str]) -> tuple[str, ...]:
     """The roles, or UsersFileError naming the first that is not allowed."""
     for role in roles:
-        if not _ROLE.match(role):
+        if not _ROLE.fullmatch(role):
             raise UsersFileError(f"role {role!r} is not allowed: letters, digits, . _ : -")
     return tuple(dict.fromkeys(roles))
 
