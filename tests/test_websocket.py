@@ -326,3 +326,26 @@ def test_an_upgrade_with_two_host_headers_is_refused_before_any_upgrade(
     response = raw_request(gw.port, request.encode("latin-1"))
     assert response.status == 400
     assert len(echo.handshakes) == before
+
+
+@pytest.mark.parametrize(
+    "target", ["/ws/echo?q=1#frag", "/ws/echo#frag", "/plain#/../ws/echo"], ids=str
+)
+def test_an_upgrade_with_a_fragment_is_refused_not_a_500(
+    gw: Gateway, echo: EchoUpstream, target: str
+) -> None:
+    # an HTTP request's `#` is cut off by the parser; an upgrade's was kept: judged against
+    # one path, it could not be forwarded (ws:// has no room for it) and gave a 500
+    from tests.rawhttp import raw_request
+
+    before = len(echo.handshakes)
+    request = (
+        f"GET {target} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{gw.port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Cookie: gw_session={session_cookie(gw)}\r\n\r\n"
+    )
+    response = raw_request(gw.port, request.encode("latin-1"))
+    assert response.status == 400, response
+    assert len(echo.handshakes) == before

@@ -27,7 +27,7 @@ class BadPath:
 
 # bytes a path may hold as they are (printable ASCII but %, \\ and space): a path of only these,
 # with no `//` and no `/.`, is already normalized, and decoding it changes nothing
-_PLAIN_BYTES = bytes(b for b in range(0x21, 0x7F) if b not in b"%\\")
+_PLAIN_BYTES = bytes(b for b in range(0x21, 0x7F) if b not in b"%\\#")
 # a normalized path's characters that encode_path leaves as they are
 _ENCODED_AS_IS = re.compile(r"[A-Za-z0-9/:@!$&'()*+,;=._~-]*")
 
@@ -72,6 +72,8 @@ def _normalize_walk(raw_path: bytes) -> str | BadPath:
             return BadPath("control character, space or non-ASCII byte in the path")
         if byte == 0x5C:  # \
             return BadPath("backslash in the path")
+        if byte == 0x23:  # a fragment is never part of a request target (a WebSocket's kept it)
+            return BadPath("# in the path")
         out.append(byte)
         i += 1
     try:

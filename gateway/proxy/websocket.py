@@ -93,9 +93,15 @@ class ProxyWebSocket:
         self, scope: dict, ctx: RequestContext, route: Route, send: Send
     ) -> ClientConnection | None:
         """Connect to the upstream with our headers, or refuse the client with 502/504."""
+        query = scope.get("query_string", b"")
+        if b"#" in query:
+            # an HTTP request's fragment is cut off by the parser; an upgrade's is kept, and
+            # no ws:// address can carry it
+            await send_error(send, 400, "bad_request", "Refused: # in the request target.")
+            return None
         client_headers = [(k, v) for k, v in scope["headers"] if k not in HANDSHAKE_HEADERS]
         headers = self.forward.nexthop.upstream_headers(ctx, client_headers, "GET")
-        target = self.forward.upstream_target(route, ctx.path, scope.get("query_string", b""))
+        target = self.forward.upstream_target(route, ctx.path, query)
         uri = upstream_uri(route.upstream, target)
         extra: dict = {}
         host = [v for k, v in headers if k == b"host"]
