@@ -727,6 +727,20 @@ def test_the_traefik_example_asks_the_gateway_and_copies_its_identity_headers():
     assert urls == {"gateway": f"http://{EXAMPLE_GATEWAY}", "app": f"http://{EXAMPLE_APP}"}
 
 
+def test_the_app_never_receives_a_legacy_header_from_the_client(front: Front):
+    """What the text check below asks of the examples, sent through the real proxies."""
+    from gateway.core.nexthop import LEGACY
+
+    names = sorted(n.decode() for n in LEGACY)
+    m = marker()
+    response = front.client().get(
+        f"/public/page?m={m}", headers={**API, **{name: "forged" for name in names}}
+    )
+    assert response.status_code == 200, response.text
+    received = {canonical(k.encode()).decode() for k, _ in front.reached(m).headers}
+    assert received.isdisjoint(names), sorted(received & set(names))
+
+
 def test_every_example_strips_the_legacy_headers_the_gateway_strips():
     """The front proxies must remove what the gateway's own modes remove (nexthop LEGACY)."""
     from gateway.core.nexthop import LEGACY

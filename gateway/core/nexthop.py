@@ -87,6 +87,23 @@ LEGACY = frozenset(
         b"x-authenticated-user",
         b"auth-user",
         b"remote-addr",
+        # what other auth layers hand the apps they front: Grafana's auth proxy, Kubernetes'
+        # request-header authentication, Kong, Azure App Service, oauth2-proxy
+        b"x-webauth-user",
+        b"x-remote-group",
+        b"x-authenticated-userid",
+        b"x-consumer-username",
+        b"x-consumer-id",
+        b"x-ms-client-principal",
+        b"x-ms-client-principal-name",
+        b"x-ms-client-principal-id",
+        b"x-auth-request-preferred-username",
+        # the original host, path or method as a front proxy (or a client) claims it
+        b"x-original-host",
+        b"x-host",
+        b"x-http-host-override",
+        b"x-envoy-original-path",
+        b"x-original-method",
     }
 )
 

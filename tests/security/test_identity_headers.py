@@ -237,3 +237,21 @@ assertion_header = ""
         assert not any(k.lower() in {n.lower() for n in DEFAULT_NAMES} for k, _ in received.headers)
     finally:
         gw.stop()
+
+
+def test_every_header_legacy_stacks_or_other_auth_layers_trust_is_removed(gw, upstream):
+    # nexthop.LEGACY: what IIS, Symfony, Grafana, Kubernetes, Kong, Azure and auth proxies
+    # read as the user, the host, the path or the method, in each spelling a stack folds
+    from gateway.core.nexthop import LEGACY
+
+    names = sorted(n.decode() for n in LEGACY)
+    forged = [(name, "forged") for name in names]
+    forged += [(name.replace("-", "_"), "forged") for name in names if "-" in name]
+    response = request(gw, "GET", "/page", forged)
+    assert response.status == 200
+    received = {canonical_name(k) for k, _ in only(upstream).headers}
+    assert received.isdisjoint(names), sorted(received & set(names))
+
+
+def canonical_name(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
