@@ -191,9 +191,8 @@ def origins(value: object) -> tuple[str, ...]:
 def prefix(value: object) -> str:
     """`auth.prefix`: an absolute path of plain segments."""
     text = string(value)
-    if not re.fullmatch(r"^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$", text) or ".." in text.split(
-        "/"
-    ):
+    plain = re.fullmatch(r"/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*", text)
+    if not plain or ".." in text.split("/"):
         raise ValueError('must be an absolute path like "/.auth"')
     return text
 
@@ -254,7 +253,7 @@ def host(value: object) -> str:
     """A host name (optionally with :port): lower-cased, without the trailing dot of a fully
     qualified name, the port as a number (`CRM.example.com.:08443` is `crm.example.com:8443`)."""
     text = ascii_lower(string(value))
-    if not re.fullmatch(r"^[a-z0-9.-]+(:\d+)?$", text):
+    if not re.fullmatch(r"[a-z0-9.-]+(:\d+)?", text):
         raise ValueError("is not a host name")
     name, _, port = text.partition(":")
     name = name.rstrip(".")
@@ -315,6 +314,6 @@ def ldap_filter(value: object) -> str:
 def ldap_attribute(value: object) -> str:
     """An LDAP attribute name: a descriptor like `cn` or `sAMAccountName`, or an OID."""
     text = nonempty(value).strip()
-    if not re.fullmatch(r"^([A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+)$", text):
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)+", text):
         raise ValueError("is not an LDAP attribute name")
     return text
