@@ -139,7 +139,13 @@ def _example_site(port: int, gateway: Target, upstream: Target) -> str:
     replacements = {
         "server 127.0.0.1:8000;": f"server {gateway.url.removeprefix('http://')};",
         "server 127.0.0.1:9001;": f"server {upstream.url.removeprefix('http://')};",
-        "listen 80;": f"listen 127.0.0.1:{port} reuseport backlog=4096;",
+        # listen options go on one of the two servers of an address: the default one
+        "listen 80;": f"listen 127.0.0.1:{port};",
+        "listen 80 default_server;": (
+            f"listen 127.0.0.1:{port} default_server reuseport backlog=4096;"
+        ),
+        # the example serves its app's name only (any other Host is closed): wrk's is this
+        "server_name app.example.com;": "server_name 127.0.0.1;",
     }
     for old, new in replacements.items():
         if site.count(old) != 1:
