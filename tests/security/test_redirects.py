@@ -33,20 +33,18 @@ def _csrf(client: httpx.Client, next_target: str | None = None) -> tuple[str, st
     return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1), page.text
 
 
+def _sign_in(client: httpx.Client, csrf: str, next_target: str) -> httpx.Response:
+    """alice's form sign-in with this `next`."""
+    data = {"username": "alice", "password": "alice-password-1", "csrf": csrf, "next": next_target}
+    return client.post("/.auth/login", data=data)
+
+
 @pytest.mark.parametrize("target,why", OPEN_REDIRECTS, ids=[w for _, w in OPEN_REDIRECTS])
 def test_an_unsafe_next_sends_the_browser_to_our_root(gw, upstream, target, why):
     with httpx.Client(base_url=gw.url, trust_env=False) as client:
         csrf, page = _csrf(client, target)
         assert 'name="next" value="/"' in page, why
-        response = client.post(
-            "/.auth/login",
-            data={
-                "username": "alice",
-                "password": "alice-password-1",
-                "csrf": csrf,
-                "next": target,
-            },
-        )
+        response = _sign_in(client, csrf, target)
     assert response.status_code == 303
     assert response.headers["location"] == f"http://localhost:{gw.port}/"
     assert nothing_forwarded(upstream)
@@ -110,15 +108,7 @@ def test_a_non_ascii_next_is_percent_encoded_in_the_location(gw, upstream, targe
     # `/Ā` once failed to encode after the session was made: a 500 and no cookie
     with httpx.Client(base_url=gw.url, trust_env=False) as client:
         csrf, _ = _csrf(client, target)
-        response = client.post(
-            "/.auth/login",
-            data={
-                "username": "alice",
-                "password": "alice-password-1",
-                "csrf": csrf,
-                "next": target,
-            },
-        )
+        response = _sign_in(client, csrf, target)
     assert response.status_code == 303
     assert response.headers["location"] == f"http://localhost:{gw.port}{location}"
     assert response.cookies.get("gw_session")
