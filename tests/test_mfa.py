@@ -5,6 +5,7 @@ at rest, config errors, and a real Chromium enrolling and signing in."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ import pytest
 
 from gateway.config import ConfigError, build_config
 from tests.conftest import USERS, Gateway, GatewayFactory, start_gateway, write_config
+from tests.rawhttp import read_response
 from tests.services import need
 from tests.upstream import RecordingUpstream
 
@@ -258,6 +260,38 @@ def test_codes_in_other_digits_are_wrong_codes_and_count_at_sign_in(gateway_fact
     assert "gw_session" not in client.cookies
     failed = [e for e in audit_lines(gw) if e["event"] == "mfa.failed"]
     assert [(e["method"], e["reason"]) for e in failed] == [("totp", "wrong_code")] * 3
+
+
+def test_parallel_codes_get_no_more_guesses_than_the_limit(gateway_factory, upstream):
+    """The limit is checked before a code and its failure counted after: 300 codes sent at
+    once were all judged against max_failures = 3. One check per user at a time now."""
+    gw = start(gateway_factory, upstream)  # max_failures = 3
+    _, secret, _, _ = enroll(gw)
+    client, handle, _ = pending(gw)
+    now = _codes_now(secret)
+    wrong = [c for c in (f"{n:06d}" for n in range(100000, 100100)) if c not in now][:40]
+    cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    requests = []
+    for guess in wrong:
+        body = json.dumps({"code": guess, "pending": handle}).encode()
+        head = (
+            f"POST /.auth/mfa/totp HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
+            f"Content-Type: application/json\r\nAccept: application/json\r\n"
+            f"Cookie: {cookie}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        requests.append(head.encode() + body)
+    # every connection open first, then every request written at once: judged side by side
+    socks = [socket.create_connection(("127.0.0.1", gw.port), timeout=30) for _ in requests]
+    for sock, data in zip(socks, requests, strict=True):
+        sock.sendall(data)
+    statuses = []
+    for sock in socks:
+        with sock:
+            statuses.append(read_response(sock).status)
+    assert statuses.count(401) <= 3, statuses
+    assert set(statuses) <= {401, 429}, statuses
+    failed = [e for e in audit_lines(gw) if e["event"] == "mfa.failed"]
+    assert len(failed) <= 3
 
 
 def test_the_right_password_does_not_reset_wrong_codes(gateway_factory, upstream):

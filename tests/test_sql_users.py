@@ -406,6 +406,11 @@ def test_spellings_the_query_folds_together_share_one_failure_budget(
         for spelling in ("ada", "a--da"):
             _, response = login(gw, spelling, ACCOUNTS["ada"].password)
             assert response.status_code == 429, response.text
+        # a wrong password under a new spelling gets the same 429: a 401 beside the right
+        # password's 429 would tell the two apart, and each spelling would guess again
+        for spelling in ("ada--", "ada---"):
+            _, response = login(gw, spelling, "still not the password")
+            assert response.status_code == 429, response.text
         # another user of the same table is not locked by ada's failures
         _, response = login_as(gw, "mo")
         assert response.status_code == 200, response.text

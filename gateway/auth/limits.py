@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import math
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from gateway.config import LoginLimitsConfig
 from gateway.store.base import Store
 
 # one address may try several accounts (an office behind NAT), so it gets a wider budget
 ADDRESS_FACTOR = 4
+# seconds: the longest one attempt holds its turn (a worker that dies mid-attempt frees it then)
+TURN_TTL = 30.0
+# seconds an attempt waits for its turn before it is refused as busy
+TURN_WAIT = 5.0
+
+
+class Busy(Exception):
+    """Another attempt for this user (or too many for this address) is being judged now."""
+
+
+def _digest(text: str) -> str:
+    # record keys are printable ASCII: a name or an address stands in them as a digest
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class LoginLimiter:
@@ -65,6 +82,41 @@ class LoginLimiter:
         limit = self.config.max_failures * ADDRESS_FACTOR
         if await self.store.add_failure(addr_key, now, window) >= limit:
             await self.store.set_lockout(addr_key, now + self.config.lockout, now)
+
+    @asynccontextmanager
+    async def turn(self, username: str, address: str) -> AsyncIterator[None]:
+        """Judge one attempt at a time per user, and at most ADDRESS_FACTOR at once per address.
+
+        The limits are checked before an attempt and its failure counted after it: requests
+        sent in parallel would all pass the check before the first failure is counted (300
+        codes against a limit of 3). Inside a turn, each attempt sees every earlier one's
+        failure. Raises Busy when the turn does not come within TURN_WAIT. No `username` (a
+        passkey no user owns yet): the address alone.
+        """
+        held: list[str] = []
+        try:
+            if username:
+                held.append(await self._take([f"login:turn:user:{_digest(username)}"]))
+            slots = [f"login:turn:addr:{_digest(address)}:{i}" for i in range(ADDRESS_FACTOR)]
+            held.append(await self._take(slots))
+            yield
+        finally:
+            for key in held:
+                await self.store.delete_record(key)
+
+    async def _take(self, keys: list[str]) -> str:
+        """The first of `keys` free (atomically, across workers and replicas), waiting for one."""
+        deadline = time.monotonic() + TURN_WAIT
+        pause = 0.005
+        while True:
+            now = self.clock()
+            for key in keys:
+                if await self.store.put_record(key, "1", now, now + TURN_TTL, only_new=True):
+                    return key
+            if time.monotonic() >= deadline:
+                raise Busy
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     async def succeeded(self, username: str, account: str = "") -> None:
         """A good login forgets the user's and account's earlier failures (not the address's)."""

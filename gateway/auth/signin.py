@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from gateway.auth.limits import LoginLimiter
+from gateway.auth.limits import Busy, LoginLimiter
 from gateway.sources.base import (
     MAX_USER_ID,
     SERVICE_PREFIX,
@@ -88,6 +88,14 @@ class PasswordSignIn:
         """The identity for these credentials from `address`, or a SignInRefused subclass."""
         # one spelling for the counters: "ALICE" and a fullwidth "alice" share one failure budget
         name = canonical_username(username)
+        try:
+            # one attempt per user at a time: each sees the failures of those before it
+            async with self.limiter.turn(name, address):
+                return await self._judge(name, password, address)
+        except Busy:
+            raise LockedOut(name, 1) from None
+
+    async def _judge(self, name: str, password: str, address: str) -> SignedIn:
         wait = await self.limiter.retry_after(name, address)
         if wait is not None:
             raise LockedOut(name, wait)
@@ -103,14 +111,15 @@ class PasswordSignIn:
         # the entry's own id, when another than the name: one failure budget for all its names
         account = user.user_id if isinstance(user, WrongPassword) else user.id
         account = "" if account == name else account
-        if isinstance(user, WrongPassword):
-            await self.limiter.failed(name, address, account)
-            raise InvalidCredentials(name)
         if account:
             wait = await self.limiter.retry_after(name, address, account)
             if wait is not None:
-                # locked by failures under another spelling: even the right password waits
+                # locked by failures under another spelling: the right password waits, and a
+                # wrong one gets the same answer (a 401 beside it would tell the two apart)
                 raise LockedOut(name, wait)
+        if isinstance(user, WrongPassword):
+            await self.limiter.failed(name, address, account)
+            raise InvalidCredentials(name)
         if user.id.startswith(self.reserved):
             # a service account's or a provider's id from a directory or a database: never
             # taken for theirs (README "Identities from several sources")

@@ -412,18 +412,20 @@ class Account:
                 403, "confirm_required", "Enter a current code from your app or a recovery code."
             )
         methods = await self._methods(subject.user_id)
-        await self.mfa.locked(request, subject)
-        digits = code.replace(" ", "")
-        if digits.isdigit() and len(digits) <= 8:
-            method = "totp"
-            ok = "totp" in methods and bool(
-                await check_code(self.rt.factors, subject.user_id, code, self.rt.clock)
-            )
-        else:
-            method = "recovery"
-            ok = "recovery" in methods and await self.rt.factors.use_recovery(subject.user_id, code)
-        if not ok:
-            raise await self.mfa.failed(request, subject, method, "wrong_code")
+        async with self.mfa.attempt(request, subject):
+            digits = code.replace(" ", "")
+            if digits.isdigit() and len(digits) <= 8:
+                method = "totp"
+                ok = "totp" in methods and bool(
+                    await check_code(self.rt.factors, subject.user_id, code, self.rt.clock)
+                )
+            else:
+                method = "recovery"
+                ok = "recovery" in methods and await self.rt.factors.use_recovery(
+                    subject.user_id, code
+                )
+            if not ok:
+                raise await self.mfa.failed(request, subject, method, "wrong_code")
         await self.rt.limiter.succeeded(subject.limit_name, subject.limit_account)
 
     async def remove_factor(self, request: Request) -> Response:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import html
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -27,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway import audit, metrics
 from gateway.auth.begin import begin_session, usable_methods
+from gateway.auth.limits import Busy
 from gateway.auth.oidc_users import StoredGrant
 from gateway.auth.redirects import Redirects
 from gateway.auth.sealed import SealError
@@ -63,6 +65,17 @@ Check = Callable[[Request, "Subject", tuple[str, ...], dict, bool], Awaitable[Re
 ENROLL_TTL = 600.0  # an enrollment secret shown on the page waits this long for its first code
 CONFIRM_TTL = 300.0  # a factor entered counts as "just now" for the account page this long
 _MAX_CODE = 64
+
+
+def busy() -> Refused:
+    """The answer while another attempt of the same user (or too many of one address) is
+    being checked (gateway.auth.limits.LoginLimiter.turn)."""
+    return Refused(
+        429,
+        "too_many_attempts",
+        "Another attempt is being checked; try again.",
+        {"retry-after": "1"},
+    )
 
 
 @dataclass(frozen=True)
@@ -200,6 +213,18 @@ class MfaStep:
     def _own_origin(self, request: Request) -> set[str]:
         view = context_of(request.scope).view
         return {f"{view.scheme}://{view.host}"} if view.host else set()
+
+    @asynccontextmanager
+    async def attempt(self, request: Request, subject: Subject) -> AsyncIterator[None]:
+        """One factor check of this user at a time (LoginLimiter.turn), refused 429 while the
+        limits are used up: wrap the check and the counting of its failure."""
+        address = context_of(request.scope).view.ip
+        try:
+            async with self.rt.limiter.turn(subject.limit_name, address):
+                await self.locked(request, subject)
+                yield
+        except Busy:
+            raise busy() from None
 
     async def locked(self, request: Request, subject: Subject) -> None:
         """Refused 429 while the user's login limits are used up (codes and passwords alike)."""
@@ -455,13 +480,13 @@ class MfaStep:
             raise Refused(400, "not_enrolled", "No authenticator app is set up.")
         if kind == "recovery" and "recovery" not in methods:
             raise Refused(400, "not_enrolled", "No recovery codes are left.")
-        await self.locked(request, subject)
-        if kind == "totp":
-            ok = await check_code(self.rt.factors, subject.user_id, code, self.rt.clock)
-        else:
-            ok = await self.rt.factors.use_recovery(subject.user_id, code)
-        if not ok:
-            raise await self.failed(request, subject, kind, "wrong_code")
+        async with self.attempt(request, subject):
+            if kind == "totp":
+                ok = await check_code(self.rt.factors, subject.user_id, code, self.rt.clock)
+            else:
+                ok = await self.rt.factors.use_recovery(subject.user_id, code)
+            if not ok:
+                raise await self.failed(request, subject, kind, "wrong_code")
         return await self.complete(request, subject, kind, as_json)
 
     def may_add(self, subject: Subject, methods: tuple[str, ...]) -> None:
@@ -482,20 +507,20 @@ class MfaStep:
             raise Refused(404, "totp_off", "Authenticator apps are turned off here.")
         code = _code(fields)
         self.may_add(subject, methods)
-        await self.locked(request, subject)
         key = f"mfa-enroll:{user_key(subject.user_id)}"
-        value = await self.rt.store.get_record(key, self.rt.clock())
-        if value is None:
-            raise Refused(400, "enrollment_expired", "The setup expired; scan the new code.")
-        try:
-            secret = self.rt.sealer.open(value, "mfa-enroll", key)
-        except SealError:
-            raise Refused(
-                400, "enrollment_expired", "The setup expired; scan the new code."
-            ) from None
-        step = matching_step(secret, code, self.rt.clock())
-        if step is None:
-            raise await self.failed(request, subject, "totp", "wrong_enrollment_code")
+        async with self.attempt(request, subject):
+            value = await self.rt.store.get_record(key, self.rt.clock())
+            if value is None:
+                raise Refused(400, "enrollment_expired", "The setup expired; scan the new code.")
+            try:
+                secret = self.rt.sealer.open(value, "mfa-enroll", key)
+            except SealError:
+                raise Refused(
+                    400, "enrollment_expired", "The setup expired; scan the new code."
+                ) from None
+            step = matching_step(secret, code, self.rt.clock())
+            if step is None:
+                raise await self.failed(request, subject, "totp", "wrong_enrollment_code")
         name = factor_name(fields, "Authenticator app")
         try:
             factor = await self.rt.factors.add(

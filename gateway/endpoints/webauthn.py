@@ -26,11 +26,12 @@ from starlette.routing import Route
 
 from gateway import audit, metrics
 from gateway.auth.begin import begin_session
+from gateway.auth.limits import Busy
 from gateway.auth.roles import TOO_MANY_ROLES, fits_store
 from gateway.core.context import context_of
 from gateway.endpoints.common import HEADERS, Refused, json_error, wants_json
 from gateway.endpoints.login import Login
-from gateway.endpoints.mfa import MfaStep, Subject, factor_name
+from gateway.endpoints.mfa import MfaStep, Subject, busy, factor_name
 from gateway.mfa.webauthn import CeremonyFailed, WebAuthn, parse_credential, web_origin
 from gateway.pages import script
 from gateway.runtime import Runtime
@@ -193,14 +194,14 @@ class WebAuthnSteps:
     ) -> Response:
         if "webauthn" not in methods:
             raise Refused(400, "not_enrolled", "No security key is set up.")
-        await self.mfa.locked(request, subject)
-        try:
-            await self.ceremonies.authenticate(
-                subject.user_id, parse_credential(fields.get("credential"))
-            )
-        except CeremonyFailed as exc:
-            log.info("security key refused user=%r: %s", subject.user_id, exc)
-            raise await self.mfa.failed(request, subject, "webauthn", exc.reason) from None
+        async with self.mfa.attempt(request, subject):
+            try:
+                await self.ceremonies.authenticate(
+                    subject.user_id, parse_credential(fields.get("credential"))
+                )
+            except CeremonyFailed as exc:
+                log.info("security key refused user=%r: %s", subject.user_id, exc)
+                raise await self.mfa.failed(request, subject, "webauthn", exc.reason) from None
         return await self.mfa.complete(request, subject, "webauthn", as_json)
 
     # -- a passkey alone ------------------------------------------------------------------
@@ -221,12 +222,16 @@ class WebAuthnSteps:
             )
             credential = parse_credential(fields.get("credential"))
             # an address locked out by failures asks no more (whoever the passkey names)
-            await self._address_locked(address)
             try:
-                user_id, username = await self.ceremonies.passkey_owner(credential)
-            except CeremonyFailed:
-                await self.rt.limiter.failed("", address)
-                raise
+                async with self.rt.limiter.turn("", address):
+                    await self._address_locked(address)
+                    try:
+                        user_id, username = await self.ceremonies.passkey_owner(credential)
+                    except CeremonyFailed:
+                        await self.rt.limiter.failed("", address)
+                        raise
+            except Busy:
+                raise busy() from None
             subject = Subject(
                 user_id=user_id,
                 roles=(),
@@ -237,12 +242,12 @@ class WebAuthnSteps:
                 limit_name=canonical_username(username or user_id),
                 limit_account="" if canonical_username(username or user_id) == user_id else user_id,
             )
-            await self.mfa.locked(request, subject)
-            try:
-                await self.ceremonies.authenticate(user_id, credential, passkey=True)
-            except CeremonyFailed:
-                await self.rt.limiter.failed(subject.limit_name, address, subject.limit_account)
-                raise
+            async with self.mfa.attempt(request, subject):
+                try:
+                    await self.ceremonies.authenticate(user_id, credential, passkey=True)
+                except CeremonyFailed:
+                    await self.rt.limiter.failed(subject.limit_name, address, subject.limit_account)
+                    raise
             return await self._begin(request, subject, as_json)
         except CeremonyFailed as exc:
             log.info("passkey refused user=%r client=%s: %s", user_id or None, address, exc)

@@ -84,6 +84,37 @@ def test_one_address_trying_many_users_is_locked_out(trusted_gw, upstream):
     assert nothing_forwarded(upstream)
 
 
+def test_parallel_guesses_for_one_user_get_no_more_than_the_limit(trusted_gw, upstream):
+    # the limit is checked before an attempt and its failure counted after: 60 guesses sent
+    # at once were all judged (max_failures 3); now one attempt per user is judged at a time
+    def attempt(i: int) -> int:
+        return _login(trusted_gw, "user5", f"guess-{i}").status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(attempt, range(40)))
+    assert statuses.count(401) <= 3, statuses
+    assert set(statuses) <= {401, 429}, statuses
+    assert _login(trusted_gw, "user5", "user5-password").status_code == 429
+    assert nothing_forwarded(upstream)
+
+
+def test_parallel_guesses_from_one_address_get_no_more_than_its_budget(trusted_gw, upstream):
+    from gateway.auth.limits import ADDRESS_FACTOR
+
+    ip = fresh_ip()
+
+    def attempt(i: int) -> int:
+        return _login(trusted_gw, f"spray-parallel{i}", "Password1!", ip=ip).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(attempt, range(40)))
+    # the budget is max_failures 3 x ADDRESS_FACTOR; at most ADDRESS_FACTOR attempts of one
+    # address are judged at once, so it is overrun by fewer than that
+    assert statuses.count(401) <= 3 * ADDRESS_FACTOR + ADDRESS_FACTOR - 1, statuses
+    assert set(statuses) <= {401, 429}, statuses
+    assert nothing_forwarded(upstream)
+
+
 def _form(gw) -> tuple[httpx.Client, str]:
     client = httpx.Client(base_url=gw.url, trust_env=False)
     page = client.get("/.auth/login")
