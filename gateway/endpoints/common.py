@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from urllib.parse import parse_qsl
@@ -13,6 +14,11 @@ from gateway.core.csrf import cross_site
 from gateway.core.responses import SECURITY_HEADERS
 
 MAX_FORM_BYTES = 16 * 1024
+# seconds a form or JSON body posted to the gateway's own endpoints may take to arrive whole
+# (the head has [server] header_timeout; a body trickled a byte a second would hold on forever)
+BODY_SECONDS = 10.0
+# an answer given before the body was read whole: the rest is not read, the connection closes
+_CLOSE = {"connection": "close"}
 HEADERS = {k.decode(): v.decode() for k, v in SECURITY_HEADERS}
 
 
@@ -46,12 +52,19 @@ def same_origin(request: Request, allowed: frozenset[str]) -> bool:
 
 
 async def read_body(request: Request) -> bytes:
-    """The whole body, or Refused 413 past MAX_FORM_BYTES (read no further than that)."""
+    """The whole body, or Refused 413 past MAX_FORM_BYTES (read no further than that) or 408
+    when it takes longer than BODY_SECONDS; either closes the connection."""
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            raise Refused(413, "payload_too_large", "The request body is too large.")
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_FORM_BYTES:
+                    raise Refused(
+                        413, "payload_too_large", "The request body is too large.", _CLOSE
+                    )
+    except TimeoutError:
+        raise Refused(408, "request_timeout", "The request body took too long.", _CLOSE) from None
     return bytes(body)
 
 
@@ -81,5 +94,6 @@ def check_csrf(request: Request, cookie: str, fields: dict[str, str], expired: s
     cross-site form cannot read our cookie to copy it into the form)."""
     held = request.cookies.get(cookie, "")
     sent = fields.get("csrf", "")
-    if not held or not sent or not hmac.compare_digest(held, sent):
+    # bytes: compare_digest raises on a str that is not ASCII (a 500 for `csrf=é`)
+    if not held or not sent or not hmac.compare_digest(held.encode(), sent.encode()):
         raise Refused(403, "csrf", expired)

@@ -149,6 +149,61 @@ def test_an_oversized_login_body_is_413_without_reading_it_all(gw, upstream):
     assert nothing_forwarded(upstream)
 
 
+def _login_head(gw, length: str) -> bytes:
+    return (
+        f"POST /.auth/login HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
+        f"Content-Type: application/json\r\n{length}\r\n\r\n"
+    ).encode()
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True when the gateway closes the connection within `seconds` (what is sent is read)."""
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(65536):
+                return True
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            return True
+    return False
+
+
+def test_an_oversized_login_body_is_413_and_the_connection_closes(gw, upstream):
+    # without `connection: close` uvicorn went on reading (and dropping) an endless upload on
+    # that connection: 28 GB in 20 s, half a core
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(_login_head(gw, "Transfer-Encoding: chunked"))
+        chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+        try:
+            for _ in range(4):
+                sock.sendall(chunk)
+        except ConnectionError:
+            pass
+        response = _answer_within(sock, 10)
+        assert response is not None and response.status == 413
+        assert response.header("connection") == ["close"]
+        assert _closed_within(sock, 5)
+    assert nothing_forwarded(upstream)
+
+
+def test_a_login_body_that_never_arrives_gets_408_and_is_closed(gw, upstream):
+    from gateway.endpoints.common import BODY_SECONDS
+
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        started = time.monotonic()
+        sock.sendall(_login_head(gw, "Content-Length: 100") + b'{"username": ')
+        response = _answer_within(sock, BODY_SECONDS + 10)
+        waited = time.monotonic() - started
+        assert response is not None and response.status == 408, response
+        assert BODY_SECONDS - 1 < waited < BODY_SECONDS + 5
+        assert response.header("connection") == ["close"]
+        assert _closed_within(sock, 5)
+    assert nothing_forwarded(upstream)
+
+
 def test_the_gateway_still_serves_after_the_attacks(gw, upstream):
     with httpx.Client(base_url=gw.url, trust_env=False) as client:
         assert client.get("/.auth/health").status_code == 200

@@ -147,6 +147,21 @@ def test_a_form_login_with_someone_elses_csrf_token_is_refused(gw, upstream):
     assert nothing_forwarded(upstream)
 
 
+@pytest.mark.parametrize("sent", ["é", "\u2028", "x" * 64 + "é"])
+def test_a_csrf_token_that_is_not_ascii_is_refused_not_a_500(gw, upstream, sent):
+    client, _ = _form(gw)
+    try:
+        response = client.post(
+            "/.auth/login",
+            data={"username": "alice", "password": "alice-password-1", "csrf": sent},
+        )
+    finally:
+        client.close()
+    assert response.status_code == 403, response.text
+    assert "gw_session" not in response.cookies
+    assert nothing_forwarded(upstream)
+
+
 def test_a_cross_site_json_login_is_refused(gw, upstream):
     with httpx.Client(base_url=gw.url, trust_env=False) as client:
         response = client.post(
