@@ -52,6 +52,7 @@ def ldap_extra(directory: Slapd, url: str = "", **keys: object) -> str:
     table.update(keys)
     refresh = table.pop("refresh", "1m")
     revocation = table.pop("revocation", "lazy")
+    max_failures = table.pop("max_failures", 1000)
     lines = []
     for key, value in table.items():
         if isinstance(value, bool):
@@ -63,7 +64,7 @@ def ldap_extra(directory: Slapd, url: str = "", **keys: object) -> str:
     return (
         f'[auth]\nusers = "ldap"\nrefresh = "{refresh}"\n\n'
         f'[session]\nrevocation = "{revocation}"\n\n'
-        "[login_limits]\nmax_failures = 1000\n\n[auth.ldap]\n" + "\n".join(lines) + "\n"
+        f"[login_limits]\nmax_failures = {max_failures}\n\n[auth.ldap]\n" + "\n".join(lines) + "\n"
     )
 
 
@@ -324,6 +325,136 @@ def test_changes_in_the_directory_reach_the_next_request_after_refresh(
         slapd.delete(dn)
         _after_refresh()
         assert client.get("/app/page", headers={"accept": "application/json"}).status_code == 401
+    finally:
+        gw.stop()
+
+
+# -- attacks through the directory's data and through odd passwords ------------------------
+
+
+def test_a_second_value_of_the_user_attribute_signs_in_no_one(
+    slapd,  # noqa: F811
+    upstream,
+    tmp_path,
+):
+    # erin may write her own uid somewhere ("by self write"): she puts `uid: admin` first
+    gw = start(tmp_path, slapd, upstream, refresh="1s")
+    before, response = login(gw, "erin", PASSWORDS["erin"])
+    assert response.status_code == 200, response.text
+    slapd.modify(f"dn: {ls.ERIN_DN}\nchangetype: modify\nadd: uid\nuid: admin\n")
+    # her own value deleted and added again: slapd now lists `admin` before `erin`
+    slapd.modify(
+        f"dn: {ls.ERIN_DN}\nchangetype: modify\ndelete: uid\nuid: erin\n-\nadd: uid\nuid: erin\n"
+    )
+    try:
+        client, response = login(gw, "erin", PASSWORDS["erin"])
+        with closing(client):
+            assert response.status_code == 401, response.text
+            assert response.json() == INVALID
+            assert client.cookies.get("gw_session") is None
+        # "admin" now finds two entries (admin's and erin's): refused as before
+        _, as_admin = login(gw, "admin", PASSWORDS["erin"])
+        assert as_admin.status_code == 401, as_admin.text
+        # erin signed in before the change: the next refresh ends her session
+        _after_refresh()
+        upstream.clear()
+        refused = before.get("/app/page", headers={"accept": "application/json"})
+        assert refused.status_code == 401, refused.text
+        assert all(r.header("x-user-id") != ["admin"] for r in upstream.requests)
+        assert f"{ls.ERIN_DN!r} has 2 values of uid: refused" in gw.logs()
+    finally:
+        before.close()
+        slapd.modify(f"dn: {ls.ERIN_DN}\nchangetype: modify\ndelete: uid\nuid: admin\n")
+        gw.stop()
+
+
+def test_member_of_counts_only_groups_under_group_base_dn(
+    slapd,  # noqa: F811
+    upstream,
+    tmp_path,
+):
+    # a group named admins outside ou=groups (where users or their managers may create
+    # entries), with bob and the group staff as members; and one inside, with bob
+    outside = f"cn=admins,{PEOPLE}"
+    inside = f"cn=auditors,{GROUPS}"
+    slapd.add(_group_ldif(outside, "admins", ls.BOB_DN, ls.STAFF_DN))
+    slapd.add(_group_ldif(inside, "auditors", ls.BOB_DN))
+    gateways = []
+    try:
+        for name, keys in (
+            ("direct", {}),
+            ("nested", {"nested_groups": True}),
+            # a group_base_dn spelt in other case and spacing is the same DN
+            ("spelt", {"group_base_dn": "OU=Groups, DC=Corp,DC=Test"}),
+        ):
+            gw = start(
+                tmp_path / name,
+                slapd,
+                upstream,
+                group_filter="",
+                member_of_attribute="memberOf",
+                **keys,
+            )
+            gateways.append(gw)
+            _, bob = login(gw, "bob", PASSWORDS["bob"])
+            assert bob.status_code == 200, (name, bob.text)
+            assert set(bob.json()["roles"]) == {"staff", "auditors"}, (name, bob.text)
+            _, alice = login(gw, "alice", PASSWORDS["alice"])
+            expected = {"staff", "ops", "admins"} if name == "nested" else {"staff", "ops"}
+            assert set(alice.json()["roles"]) == expected, (name, alice.text)
+            assert f"group {outside!r} is not under group_base_dn" in gw.logs()
+        # group_base_dn unset (base_dn, ou=people, fills it in): every listed group counts,
+        # as before, or groups under ou=groups would give none
+        gw = start(
+            tmp_path / "unset",
+            slapd,
+            upstream,
+            group_filter="",
+            member_of_attribute="memberOf",
+            group_base_dn="",
+        )
+        gateways.append(gw)
+        _, bob = login(gw, "bob", PASSWORDS["bob"])
+        assert {"staff", "auditors"} <= set(bob.json()["roles"]), bob.text
+    finally:
+        for gw in gateways:
+            gw.stop()
+        slapd.delete(inside)
+        slapd.delete(outside)
+
+
+def _group_ldif(dn: str, cn: str, *members: str) -> str:
+    return f"dn: {dn}\nobjectClass: groupOfNames\ncn: {cn}\n" + "".join(
+        f"member: {member}\n" for member in members
+    )
+
+
+def test_a_password_ldap3_cannot_send_is_a_wrong_password(
+    slapd,  # noqa: F811
+    upstream,
+    tmp_path,
+):
+    # ldap3's SASLprep refuses a control character, a private-use one, and one mapped to
+    # nothing; for an existing user that used to be a 503 (and an unknown user's a 401),
+    # uncounted, with every pooled service connection dropped
+    gw = start(tmp_path, slapd, upstream, max_failures=3)
+    try:
+        _, bob = login(gw, "bob", PASSWORDS["bob"])
+        assert bob.status_code == 200, bob.text
+        service = _connections(slapd.log_text(), ls.SERVICE_DN)
+        for password in ("\x01", "\ue000", "\u00ad"):
+            _, known = login(gw, "alice", password)
+            _, unknown = login(gw, "nobody", password)
+            assert (known.status_code, known.json()) == (401, INVALID), repr(password)
+            assert (unknown.status_code, unknown.json()) == (401, INVALID), repr(password)
+        # three failures for alice: max_failures, so even her right password waits
+        _, locked = login(gw, "alice", PASSWORDS["alice"])
+        assert locked.status_code == 429, locked.text
+        # others are served, on the same pooled service connection
+        _, bob = login(gw, "bob", PASSWORDS["bob"])
+        assert bob.status_code == 200, bob.text
+        assert _connections(slapd.log_text(), ls.SERVICE_DN) == service
+        assert "directory unavailable" not in gw.logs()
     finally:
         gw.stop()
 

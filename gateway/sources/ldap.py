@@ -10,6 +10,14 @@ read from `member_of_attribute` on the entry (AD's and OpenLDAP's `memberOf`), o
 `nested_groups` follows groups that are members of groups. A refresh (`lookup`) asks the
 same questions again, without the user's password.
 
+An entry whose `user_attribute` has more than one value is refused (at sign-in and at refresh):
+which value would be the id is the directory's order, and a user who may write that attribute
+could put another's name first. A `member_of_attribute` value counts only when its DN is under
+`group_base_dn` (compared parsed, RDN by RDN, case-insensitively), as a `group_filter` search
+only looks there; when `group_base_dn` is unset (the config fills in `base_dn`) every listed
+group counts. A password ldap3 refuses to send (SASLprep: control, private-use or
+mapped-to-nothing characters) is a wrong password for the entry, never a directory failure.
+
 Service-account searches run on a small pool of bound connections, each used by one worker
 thread at a time; every connection is opened `read_only`, so ldap3 itself refuses any write
 operation before it reaches the directory. A directory that cannot be reached raises
@@ -29,9 +37,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import ldap3
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import (
+    LDAPException,
+    LDAPPasswordIsMandatoryError,
+    LDAPSASLPrepError,
+)
+from ldap3.protocol.sasl.sasl import validate_simple_password
 from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import parse_dn
+from ldap3.utils.dn import parse_dn, to_dn
 
 from gateway.config import Config, LdapConfig
 from gateway.sources.base import User, WrongPassword, canonical_username, encodable
@@ -49,6 +62,25 @@ _REFUSED = {48, 49, 50, 53}
 MAX_NESTING = 8
 MAX_GROUPS = 1000
 _LOCK_ATTRIBUTES = ("userAccountControl", "pwdAccountLockedTime")
+# what ldap3 raises, before anything is sent, for a password it cannot put in a simple bind
+_UNSENDABLE_PASSWORD = (LDAPSASLPrepError, LDAPPasswordIsMandatoryError)
+# the other names (RFC 4519) of the attribute types DNs are usually made of
+_DN_ATTRIBUTE_NAMES = {
+    "commonname": "cn",
+    "2.5.4.3": "cn",
+    "organizationalunitname": "ou",
+    "2.5.4.11": "ou",
+    "organizationname": "o",
+    "2.5.4.10": "o",
+    "domaincomponent": "dc",
+    "0.9.2342.19200300.100.1.25": "dc",
+    "userid": "uid",
+    "0.9.2342.19200300.100.1.1": "uid",
+    "countryname": "c",
+    "2.5.4.6": "c",
+    "localityname": "l",
+    "2.5.4.7": "l",
+}
 
 
 class DirectoryError(Exception):
@@ -110,6 +142,17 @@ class LdapUsers:
         for _ in range(config.pool_size):
             self._slots.put(None)
         self._closed = False
+        # memberOf values count only under group_base_dn, unless it is unset (the config then
+        # fills in base_dn: every listed group counts, as before) or is base_dn itself
+        group_base = _dn_key(config.group_base_dn)
+        self._group_base: tuple[frozenset[tuple[str, str]], ...] | None = group_base
+        self._any_group = group_base is not None and group_base == _dn_key(config.base_dn)
+        if group_base is None and config.member_of_attribute:
+            log.error(
+                "ldap: group_base_dn %r is not a DN: no %s group gives a role",
+                config.group_base_dn,
+                config.member_of_attribute,
+            )
 
     # -- connections -------------------------------------------------------------------
 
@@ -263,7 +306,32 @@ class LdapUsers:
                 "ldap: %r has no %s attribute: refused", entry.dn, self.config.user_attribute
             )
             return None
+        if len(values) > 1:
+            # which one would be the id is the directory's order of values, and a user who may
+            # write the attribute could put another user's name first
+            log.warning(
+                "ldap: %r has %d values of %s: refused",
+                entry.dn,
+                len(values),
+                self.config.user_attribute,
+            )
+            return None
         return canonical_username(values[0])
+
+    def _group_counts(self, group_dn: str) -> bool:
+        """True when a group listed in member_of_attribute may give roles (group_base_dn)."""
+        if self._any_group:
+            return True
+        key = _dn_key(group_dn)
+        base = self._group_base
+        if key is not None and base is not None and _under(key, base):
+            return True
+        log.info(
+            "ldap: group %r is not under group_base_dn %r: no role from it",
+            group_dn,
+            self.config.group_base_dn,
+        )
+        return False
 
     @staticmethod
     def _disabled(entry: _Entry) -> str | None:
@@ -292,7 +360,7 @@ class LdapUsers:
                     frontier.append(group.dn)
         if c.member_of_attribute:
             for dn in entry.values(c.member_of_attribute):
-                if dn.lower() not in groups:
+                if dn.lower() not in groups and self._group_counts(dn):
                     groups[dn.lower()] = self._role_of(conn, dn)
                     frontier.append(dn)
         depth = 0
@@ -324,7 +392,7 @@ class LdapUsers:
                     conn, child, "(objectClass=*)", [c.member_of_attribute], scope=ldap3.BASE
                 ):
                     for dn in entry.values(c.member_of_attribute):
-                        if dn.lower() not in groups:
+                        if dn.lower() not in groups and self._group_counts(dn):
                             groups[dn.lower()] = self._role_of(conn, dn)
                             found.append(dn)
         return found
@@ -369,7 +437,15 @@ class LdapUsers:
 
     def _bind_as(self, dn: str, password: str) -> bool:
         """True when the directory accepts this password for this DN."""
-        conn = self._open(dn, password)
+        try:
+            # ldap3 runs SASLprep on a simple bind's password and raises for a control,
+            # private-use or mapped-to-nothing character: what the user typed, so a wrong
+            # password (counted as one), never a failing directory (503, the pool drained)
+            validate_simple_password(password)
+            conn = self._open(dn, password)
+        except _UNSENDABLE_PASSWORD as exc:
+            log.info("ldap: a password for %r that cannot be sent: %s", dn, exc)
+            return False
         try:
             if conn.bound:
                 return True
@@ -428,6 +504,32 @@ def _unbind(conn: ldap3.Connection) -> None:
 def _parenthesized(search_filter: str) -> str:
     text = search_filter.strip()
     return text if text.startswith("(") else f"({text})"
+
+
+def _dn_key(dn: str) -> tuple[frozenset[tuple[str, str]], ...] | None:
+    """A DN as LDAP compares it: each RDN a set of (type, value), without case, escapes or
+    insignificant spaces; None when it is not a DN."""
+    try:
+        parts = parse_dn(",".join(to_dn(dn, remove_space=True)), escape=False)
+    except (LDAPException, ValueError, IndexError, TypeError):
+        return None
+    rdns: list[frozenset[tuple[str, str]]] = []
+    rdn: list[tuple[str, str]] = []
+    for attribute, value, separator in parts:
+        name = attribute.strip().lower()
+        name = _DN_ATTRIBUTE_NAMES.get(name.removeprefix("oid."), name)
+        rdn.append((name, " ".join(_unescape_dn_value(value).split()).casefold()))
+        if separator != "+":
+            rdns.append(frozenset(rdn))
+            rdn = []
+    return tuple(rdns) if rdns and not rdn else None
+
+
+def _under(
+    dn: tuple[frozenset[tuple[str, str]], ...], base: tuple[frozenset[tuple[str, str]], ...]
+) -> bool:
+    """True when `dn` is `base` or below it (both from _dn_key)."""
+    return len(dn) >= len(base) and dn[len(dn) - len(base) :] == base
 
 
 def _unescape_dn_value(value: str) -> str:
