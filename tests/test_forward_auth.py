@@ -517,8 +517,9 @@ def test_the_app_never_sees_the_session_cookie_but_gets_its_own(front: Front):
             "/public/page",
             "__Host-gw_session=x1; gw_session={token}; theme=dark; __Secure-gw_session=x2",
         ),
+        ("/page", "gw_session_oidc=x3; gw_session={token}; theme=dark; __Host-gw_session_csrf=x4"),
     ],
-    ids=["__Host- prefix", "__Secure- prefix", "two copies", "three names"],
+    ids=["__Host- prefix", "__Secure- prefix", "two copies", "three names", "flow cookies"],
 )
 def test_the_app_never_sees_the_session_cookie_in_any_name_or_copy(
     front: Front, path: str, cookie: str

@@ -20,6 +20,7 @@ import secrets
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,15 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.auth.oidc import BACKCHANNEL_EVENT, JWKS_REFETCH
 from gateway.auth.sessions import STRICT_CACHE_SECONDS
-from tests.conftest import USERS, Gateway, add_users, free_port, start_gateway, write_config
+from tests.conftest import (
+    USERS,
+    Gateway,
+    add_users,
+    closed_port,
+    free_port,
+    start_gateway,
+    write_config,
+)
 from tests.oidc_server import (
     ALICE,
     BOB,
@@ -417,6 +426,8 @@ Override = Callable[[OidcProvider, OidcGateway], dict[str, Any]]
 ID_TOKEN_REFUSALS: list[tuple[str, str, Override]] = [
     ("a wrong nonce", "nonce", lambda p, g: {"claims": {"nonce": "not-the-flows-nonce"}}),
     ("no nonce", "nonce", lambda p, g: {"claims": {"nonce": None}}),
+    # hmac.compare_digest raises TypeError on a non-ASCII str: a 500, once
+    ("a non-ASCII nonce", "nonce", lambda p, g: {"claims": {"nonce": "\u00e9t\u00e9"}}),
     (
         "one signed by a key the provider never published",
         "unknown_key",
@@ -522,6 +533,35 @@ def test_a_wrong_state_restarts_sign_in_once_without_using_the_code(corp, oidc_p
     assert done.status_code == 303
     assert done.headers["location"] == f"{corp.base}/app/after"
     assert corp.me(browser).json()["sub"] == "corp:alice"
+
+
+@pytest.mark.parametrize(
+    "state", ["\u00e9", "r.\u00e9", "\u00ff" * 24], ids=["e-acute", "retry mark", "latin-1"]
+)
+def test_a_non_ascii_state_is_a_wrong_state_not_an_error(corp, oidc_provider, state):
+    browser = corp.browser()
+    corp.start(browser)
+    mark = corp.mark()
+    callback = f"{corp.base}/.auth/oidc/corp/callback"
+    again = browser.get(callback, params={"state": state, "code": "x"})
+    if state.startswith("r."):
+        # it says it is the retry already: the page, not a third trip
+        refused_page(again, 400, "Sign-in expired")
+    else:
+        # the bad-state handling: sign in again, once
+        assert again.status_code == 302, again.text
+        assert again.headers["location"].startswith(f"{oidc_provider.issuer}/auth?")
+    assert COOKIE not in browser.cookies
+    logs = corp.logs_since(mark)
+    assert "Traceback" not in logs and "oidc_state" in logs
+
+
+def test_a_non_ascii_flow_cookie_is_no_flow_not_an_error(corp, oidc_provider):
+    callback = f"{corp.base}/.auth/oidc/corp/callback?state=abc&code=x"
+    with httpx.Client(trust_env=False, timeout=20) as browser:
+        again = browser.get(callback, headers={"cookie": f"{FLOW_COOKIE}=\u00e9".encode()})
+    assert again.status_code == 302, again.text
+    assert again.headers["location"].startswith(f"{oidc_provider.issuer}/auth?")
 
 
 def walk(
@@ -646,6 +686,47 @@ def test_allowed_domains_needs_a_verified_email_of_those_domains(corp, account, 
     assert f"oidc corp: not allowed: {code}" in corp.logs_since(mark)
 
 
+@pytest.mark.parametrize(
+    "username",
+    ["\uff21\uff2c\uff29\uff23\uff25", "alice\u00a0", "alice\u2028", " alice", "\u212alice"],
+    ids=[
+        "fullwidth ALICE",
+        "a no-break space",
+        "a line separator",
+        "a leading space",
+        "a Kelvin sign",
+    ],
+)
+def test_a_username_that_only_normalizes_to_another_users_is_refused(corp, oidc_provider, username):
+    # another provider account whose preferred_username NFKC, trimming or lower-casing makes
+    # `alice`: it must never sign in as corp:alice (and manage her sessions)
+    sub = f"mallory-{secrets.token_hex(4)}"
+    oidc_provider.add_account(
+        sub, preferred_username=username, email=f"{sub}@corp.test", groups=["staff"]
+    )
+    mark = corp.mark()
+    browser = corp.browser()
+    text = refused_page(corp.sign_in(browser, sub), 403, "Access denied")
+    assert "name cannot be used here." in text
+    assert corp.me(browser).status_code == 401
+    assert "oidc corp: not allowed: oidc_bad_user" in corp.logs_since(mark)
+
+
+def test_a_username_differing_in_ascii_case_only_is_the_same_user(corp, oidc_provider):
+    # ASCII case variants are one user, as at every other source: `Alice` is corp:alice
+    sub = f"alice-upper-{secrets.token_hex(4)}"
+    oidc_provider.add_account(
+        sub, preferred_username="ALICE", email=f"{sub}@corp.test", groups=["staff"]
+    )
+    assert corp.me(corp.signed_in(sub)).json()["sub"] == "corp:alice"
+    # a name that is canonical already, non-ASCII included, signs in as itself
+    other = f"elise-{secrets.token_hex(4)}"
+    oidc_provider.add_account(
+        other, preferred_username="\u00e9lise", email=f"{other}@corp.test", groups=["staff"]
+    )
+    assert corp.me(corp.signed_in(other)).json()["sub"] == "corp:\u00e9lise"
+
+
 def test_allowed_roles_refuses_with_a_page_that_says_why(corp):
     browser = corp.browser()
     # `other` admits admins only: alice (staff, ops) is not one, bob is
@@ -684,6 +765,142 @@ def test_the_provider_down_gives_a_502_page_and_signed_in_users_keep_their_sessi
         assert "Traceback" not in gw.gw.logs()
     finally:
         gw.stop()
+
+
+class DrippingProvider:
+    """A fake provider on 127.0.0.1 that answers `slow` (discovery, token, jwks or userinfo)
+    one byte every DRIP seconds: each read comes well within httpx's timeout, the whole answer
+    never within the provider's `timeout`. Everything else answers at once."""
+
+    DRIP = 0.2
+
+    def __init__(self, slow: str) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.slow = slow
+        self.nonce = ""
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.stopped = threading.Event()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fake.answer(self)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                fake.answer(self)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.issuer = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _bodies(self, client_id: str) -> dict[str, dict[str, Any]]:
+        now = int(time.time())
+        claims = {"iss": self.issuer, "sub": "u1", "aud": client_id, "iat": now, "exp": now + 300}
+        id_token = jwt.encode(
+            claims | {"nonce": self.nonce}, self.key, algorithm="RS256", headers={"kid": "k1"}
+        )
+        jwk = jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
+        return {
+            "/.well-known/openid-configuration": {
+                "issuer": self.issuer,
+                "authorization_endpoint": f"{self.issuer}/auth",
+                "token_endpoint": f"{self.issuer}/token",
+                "jwks_uri": f"{self.issuer}/jwks",
+                "userinfo_endpoint": f"{self.issuer}/userinfo",
+                "id_token_signing_alg_values_supported": ["RS256"],
+            },
+            "/token": {
+                "access_token": "at-" + secrets.token_urlsafe(8),
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "id_token": id_token,
+            },
+            "/jwks": {"keys": [jwk | {"kid": "k1", "alg": "RS256", "use": "sig"}]},
+            # the ID token names nobody but the sub: the username comes from userinfo
+            "/userinfo": {"sub": "u1", "preferred_username": "slowpoke"},
+        }
+
+    def answer(self, handler: Any) -> None:
+        path = handler.path.split("?", 1)[0]
+        name = {"/.well-known/openid-configuration": "discovery"}.get(path, path.strip("/"))
+        body = json.dumps(self._bodies("gw-slow").get(path, {})).encode()
+        handler.send_response(200)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-length", str(len(body)))
+        handler.end_headers()
+        if name != self.slow:
+            handler.wfile.write(body)
+            return
+        for i in range(len(body)):
+            if self.stopped.wait(self.DRIP):
+                return
+            try:
+                handler.wfile.write(body[i : i + 1])
+                handler.wfile.flush()
+            except OSError:
+                return  # the gateway gave up and closed the connection
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("slow", ["discovery", "token", "jwks", "userinfo", "nothing"])
+def test_a_provider_that_drips_its_answer_gives_a_502_within_the_timeout(tmp_path, slow):
+    fake = DrippingProvider(slow)
+    port = free_port()
+    provider = f"""
+        [[auth.oidc]]
+        name = "slow"
+        issuer = "{fake.issuer}"
+        client_id = "gw-slow"
+        client_secret = "slow-secret-0123456789"
+        user_claim = "preferred_username"
+        id_prefix = "slow:"
+        timeout = "1s"
+        """
+    config = write_config(tmp_path, port, routes(f"http://127.0.0.1:{closed_port()}"), "")
+    config.write_text(config.read_text() + textwrap.dedent(provider))
+    add_users(tmp_path / "users.toml", USERS)
+    gw = start_gateway(config, port)
+    try:
+        with httpx.Client(base_url=gw.url, trust_env=False, timeout=8) as browser:
+            started = time.monotonic()
+            start = browser.get("/.auth/oidc/slow/start", params={"next": "/app/x"})
+            if slow == "discovery":
+                answer = start
+            else:
+                assert start.status_code == 302, start.text
+                query = parse_qs(urlsplit(start.headers["location"]).query)
+                fake.nonce = query["nonce"][0]
+                started = time.monotonic()
+                answer = browser.get(
+                    "/.auth/oidc/slow/callback", params={"state": query["state"][0], "code": "c"}
+                )
+            elapsed = time.monotonic() - started
+            me = browser.get("/.auth/me", headers=JSON)
+        if slow == "nothing":
+            # the control: the fake provider signs in when nothing drips
+            assert answer.status_code == 303, answer.text
+            assert me.json()["sub"] == "slow:slowpoke"
+            return
+        text = refused_page(answer, 502, "Sign-in service unavailable")
+        assert "slow cannot be reached just now" in text
+        # one whole-call deadline of 1 s (the JWKS after the token call: two at most)
+        assert elapsed < 3.5, elapsed
+        assert "no answer within 1s" in gw.logs()
+    finally:
+        gw.stop()
+        fake.close()
 
 
 def test_a_key_rotation_at_the_provider_is_picked_up_even_after_made_up_key_ids(

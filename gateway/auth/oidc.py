@@ -11,9 +11,15 @@ so made-up kids neither make us hammer the provider nor keep us from a rotated k
 claim OpenID Connect Core 1.0 section 3.1.3.7 (and Back-Channel Logout 1.0 section 2.6) asks to
 be checked.
 
-Errors: ProviderUnavailable when the provider cannot be reached or answers with something
-that is not the protocol (a person sees "the provider is down", 502); TokenRefused when a
-token or an answer is wrong (never trusted, never retried as if it were an outage).
+Errors: ProviderUnavailable when the provider cannot be reached, answers with something that
+is not the protocol, or does not finish answering within `timeout` (a person sees "the provider
+is down", 502); TokenRefused when a token or an answer is wrong (never trusted, never retried
+as if it were an outage).
+
+`timeout` is a deadline for each whole call (discovery, token, userinfo, JWKS, refresh), not
+httpx's per-read limit: a provider that drips its answer a byte at a time never trips that,
+and would stall the sign-in (and, at a JWKS fetch, hold the key lock every other sign-in at
+that provider waits for) for as long as it liked.
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ import hmac
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import authlib.deprecate
@@ -55,6 +61,15 @@ BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 MAX_TOKEN = 16384
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """A constant-time comparison of two strings of any characters (hmac.compare_digest takes
+    ASCII-only str, and raises TypeError on any other: a 500 for a state or nonce like "é")."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 class ProviderUnavailable(Exception):
@@ -130,6 +145,17 @@ class Provider:
             await self._http.aclose()
             self._http = None
 
+    async def _within(self, what: str, call: Awaitable[T]) -> T:
+        """`call` finished within `timeout` seconds, or ProviderUnavailable: a whole-call
+        deadline, where httpx's own timeout bounds each read (a dripped answer never trips it)."""
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                return await call
+        except TimeoutError:
+            raise ProviderUnavailable(
+                f"oidc {self.name}: {what}: no answer within {self.config.timeout:g}s"
+            ) from None
+
     # -- discovery and keys ---------------------------------------------------------------
 
     async def metadata(self) -> Metadata:
@@ -180,7 +206,9 @@ class Provider:
 
     async def _get_json(self, url: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response = await self.http.request("GET", url, withhold_token=True, **kwargs)
+            response = await self._within(
+                url, self.http.request("GET", url, withhold_token=True, **kwargs)
+            )
         except httpx.HTTPError as exc:
             problem = exc.__class__.__name__
             raise ProviderUnavailable(f"oidc {self.name}: {url}: {problem}") from None
@@ -352,7 +380,7 @@ class Provider:
 
     async def _token_call(self, call: Any) -> dict[str, Any]:
         try:
-            token = await call
+            token = await self._within("token endpoint", call)
         except OAuthError as exc:
             # the provider's own refusal (invalid_grant: a used code, a disabled user)
             log.info("oidc %s: token endpoint refused: %s", self.name, exc.error)
@@ -401,7 +429,7 @@ class Provider:
             raise TokenRefused("azp")
         if nonce is not None:
             sent = claims.get("nonce")
-            if not isinstance(sent, str) or not hmac.compare_digest(sent, nonce):
+            if not isinstance(sent, str) or not same_secret(sent, nonce):
                 raise TokenRefused("nonce")
         return claims
 
@@ -411,11 +439,14 @@ class Provider:
         if not metadata.userinfo_endpoint:
             return {}
         try:
-            response = await self.http.request(
-                "GET",
-                metadata.userinfo_endpoint,
-                headers={"authorization": f"Bearer {access_token}"},
-                withhold_token=True,
+            response = await self._within(
+                "userinfo",
+                self.http.request(
+                    "GET",
+                    metadata.userinfo_endpoint,
+                    headers={"authorization": f"Bearer {access_token}"},
+                    withhold_token=True,
+                ),
             )
         except httpx.HTTPError as exc:
             problem = exc.__class__.__name__

@@ -2,7 +2,11 @@
 
 - **Identity.** `user_claim` (after `id_prefix`) is the user id: `sub` as the provider gives
   it (an opaque, case-sensitive id), any other claim (an email, a username) in the one
-  canonical spelling every source uses (NFKC, lower case). `roles_claim` (a list, or a string
+  canonical spelling every source uses (NFKC, trimmed, lower case), and only a value that is
+  that spelling already but for ASCII upper case: `Alice` is `alice` (ASCII case variants are
+  one user, as at every other source), while a fullwidth `alice`, `alice` with a no-break
+  space or a line separator, or `\u00c9lise`, are refused (oidc_bad_user) rather than made the
+  account of whoever holds `alice` or `\u00e9lise`. `roles_claim` (a list, or a string
   of space-separated names) gives roles, renamed by `role_map`; names that cannot be a role
   are dropped. `allowed_domains` needs a verified email (`email_verified` true) in one of them;
   `allowed_roles` needs one of those roles. A refusal says which rule, for the 403 page.
@@ -45,6 +49,7 @@ from gateway.store.base import Store, StoreUnavailable
 log = logging.getLogger("gateway.oidc")
 
 _ROLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 # an access token passed upstream is refreshed when less than this many seconds remain
 ACCESS_MARGIN = 30.0
 _ACCESS_CACHE = 10_000
@@ -95,7 +100,12 @@ def user_from_claims(config: OidcConfig, claims: dict[str, Any]) -> User:
             f"The sign-in service did not say who you are (no {config.user_claim!r}).",
         )
     if config.user_claim != "sub":
-        value = canonical_username(value)
+        canonical = canonical_username(value)
+        if canonical != value.translate(_ASCII_LOWER):
+            # NFKC, trimming or non-ASCII lower-casing would change it: another provider
+            # account (a fullwidth `alice`, `alice\u00a0`) must not become the user `alice` is
+            raise NotAllowed("oidc_bad_user", "This account's name cannot be used here.")
+        value = canonical
     user_id = config.id_prefix + value
     if (
         len(user_id) > MAX_USER_ID

@@ -2,7 +2,7 @@
 
 The proxy's upstream, the app a middleware wraps and the front proxy asking `/verify` all get
 their identity headers from `identity_headers`; the client's copies are removed by the same
-canonical names; an answer can never set or clear our session cookie.
+canonical names; an answer can never set or clear a cookie of ours (`cookie_names`).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def canonical(name: bytes) -> bytes:
 
 
 def drop_cookie(value: bytes, names: frozenset[bytes]) -> bytes:
-    """A Cookie header value without the gateway's own cookie(s)."""
+    """A Cookie header value without the gateway's own cookies."""
     kept = []
     for pair in value.split(b";"):
         name = pair.split(b"=", 1)[0].strip()
@@ -165,14 +165,30 @@ def identity_names(config: Config) -> frozenset[bytes]:
     return _identity_names_memo[1]
 
 
+# every cookie the gateway sets is `[session] cookie` (prefixed when Secure) plus one of these:
+# the session itself, the OIDC flow handle and its retry note (gateway.endpoints.oidc), the
+# pending second factor (gateway.mfa.pending), the forms' CSRF token (login, mfa) and the
+# hand-off state (gateway.endpoints.handoff). A new gateway cookie must be added here, or an
+# app behind the gateway could plant or clear it in the browser (a planted OIDC flow handle
+# signs the victim in as the attacker) and would receive it.
+COOKIE_SUFFIXES = ("", "_oidc", "_oidc_retry", "_mfa", "_csrf", "_handoff")
+COOKIE_PREFIXES = ("", "__Host-", "__Secure-")
+
+
 def cookie_names(config: Config) -> frozenset[bytes]:
-    """Every spelling of the gateway's session cookie name, prefixed or not."""
+    """Every spelling of every cookie the gateway sets (the session cookie, the OIDC flow,
+    MFA, CSRF and hand-off cookies), prefixed or not: an upstream or a wrapped app can
+    neither set nor clear one, and never receives one."""
     base = config.session.cookie.encode("latin-1")
-    return frozenset({base, b"__Host-" + base, b"__Secure-" + base})
+    return frozenset(
+        prefix.encode("latin-1") + base + suffix.encode("latin-1")
+        for suffix in COOKIE_SUFFIXES
+        for prefix in COOKIE_PREFIXES
+    )
 
 
 def sets_our_cookie(set_cookie: bytes, ours: frozenset[bytes]) -> bool:
-    """True for a Set-Cookie value that would set or clear the gateway's cookie, in any case."""
+    """True for a Set-Cookie value that would set or clear a gateway cookie, in any case."""
     return set_cookie.split(b"=", 1)[0].strip().lower() in {n.lower() for n in ours}
 
 
@@ -180,7 +196,7 @@ def response_headers(
     raw: Iterable[Header], ours: frozenset[bytes], *, bodiless: bool = False
 ) -> list[Header]:
     """Upstream headers for the client: no hop-by-hop or Connection-named one, no Set-Cookie
-    for our cookie, and no Content-Length on a `bodiless` (204, 304) response."""
+    for a cookie of ours, and no Content-Length on a `bodiless` (204, 304) response."""
     out: list[Header] = []
     named: set[bytes] | None = None
     for key, value in raw:
@@ -190,7 +206,7 @@ def response_headers(
                 tokens = {t.strip() for t in value.lower().split(b",")}
                 named = tokens if named is None else named | tokens
             continue
-        # an upstream must not set, replace or clear the gateway's session
+        # an upstream must not set, replace or clear the gateway's session or other cookies
         if name == b"set-cookie" and sets_our_cookie(value, ours):
             continue
         # a 204 must not carry one (RFC 9110 8.6), and uvicorn raises mid-response when the
@@ -377,7 +393,8 @@ class NextHop:
         return out
 
     def _client_header(self, key: bytes, value: bytes, used_bearer: bool) -> Header | None:
-        # the next hop never sees our session cookie, nor the bearer token that was ours
+        # the next hop never sees our cookies (session, OIDC flow, MFA, CSRF, hand-off), nor
+        # the bearer token that was ours
         if key == b"cookie":
             value = drop_cookie(value, self.cookie_names)
             return (key, value) if value else None
@@ -386,11 +403,11 @@ class NextHop:
         return key, value
 
     def sets_our_cookie(self, set_cookie: bytes) -> bool:
-        """True for a Set-Cookie value that would set or clear the gateway's session cookie."""
+        """True for a Set-Cookie value that would set or clear a cookie of the gateway's."""
         return sets_our_cookie(set_cookie, self.cookie_names)
 
     def guard_response(self, headers: Iterable[Header]) -> list[Header]:
-        """An app's response headers without a Set-Cookie for our cookie (any case)."""
+        """An app's response headers without a Set-Cookie for a cookie of ours (any case)."""
         return [
             (k, v) for k, v in headers if k.lower() != b"set-cookie" or not self.sets_our_cookie(v)
         ]

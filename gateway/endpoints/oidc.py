@@ -22,7 +22,6 @@ the shared store, so every replica refuses them.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import secrets
@@ -33,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway import audit, metrics
 from gateway.auth.begin import begin_session, second_factor_due
-from gateway.auth.oidc import MAX_AGE, Provider, ProviderUnavailable, TokenRefused
+from gateway.auth.oidc import MAX_AGE, Provider, ProviderUnavailable, TokenRefused, same_secret
 from gateway.auth.oidc_users import NotAllowed, user_from_claims
 from gateway.auth.redirects import Redirects
 from gateway.core.context import context_of
@@ -150,7 +149,8 @@ class OidcSignIn:
         next_target = flow["next"] if flow else "/"
         again = f"{self.prefix}/oidc/{provider.name}/start?next={quote(next_target, safe='')}"
         state = params.get("state", "")
-        if flow is None or not state or not hmac.compare_digest(state, flow["state"]):
+        # any characters may come in the query: compared as bytes, "é" is a mismatch, not a 500
+        if flow is None or not state or not same_secret(state, flow["state"]):
             return await self._restart(request, provider, next_target, "oidc_state")
         if "error" in params:
             error = params.get("error", "")[:64]
@@ -195,8 +195,8 @@ class OidcSignIn:
     async def _take_flow(self, request: Request, provider: Provider) -> dict | None:
         """The flow this browser started, deleted as it is read: a callback is used once."""
         browser = request.cookies.get(self.flow_cookie, "")
-        if not browser or len(browser) > 100:
-            return None
+        if not browser or len(browser) > 100 or not browser.isascii():
+            return None  # none of ours (a handle is token_urlsafe): no flow, and no 500
         key = _flow_key(browser)
         try:
             value = await self.rt.store.get_record(key, self.rt.clock())

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
+import textwrap
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import jwt
+import pytest
 
+from tests.conftest import ROOT, Gateway, make_gateway
 from tests.security.attack import (
     assert_reason,
     fresh_ip,
@@ -134,3 +143,99 @@ def test_a_cookie_with_a_different_case_name_is_not_ours(gw, upstream, alice_tok
     assert response.status == 401
     assert nothing_forwarded(upstream)
     assert_reason(gw, path, None)
+
+
+# -- every cookie the gateway sets, not the session cookie alone --------------------------------
+
+# the gateway's cookies: `[session] cookie` + a suffix, in every prefix spelling a browser keeps
+GATEWAY_COOKIES = [
+    prefix + "gw_session" + suffix
+    for suffix in ("", "_oidc", "_oidc_retry", "_mfa", "_csrf", "_handoff")
+    for prefix in ("", "__Host-", "__Secure-")
+]
+
+
+class _HostileApp(BaseHTTPRequestHandler):
+    """An app behind the gateway that plants (/plant) or clears (/clear) every gateway cookie,
+    in the case it is named and upper-cased, beside a cookie of its own; it answers the Cookie
+    header it received."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({"cookie": self.headers.get_all("cookie") or []}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        for name in GATEWAY_COOKIES:
+            for spelling in (name, name.upper()):
+                if self.path.endswith("/clear"):
+                    self.send_header("set-cookie", f"{spelling}=; Max-Age=0; Path=/")
+                else:
+                    self.send_header("set-cookie", f"{spelling}=attackers-handle; Path=/")
+        self.send_header("set-cookie", "theme=dark; Path=/")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def hostile_gw(tmp_path_factory) -> Iterator[Gateway]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HostileApp)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    routes = textwrap.dedent(
+        f"""
+        [[routes]]
+        name = "hostile"
+        path = "/hostile"
+        upstream = "http://127.0.0.1:{server.server_port}"
+        auth = "required"
+
+        [[routes]]
+        name = "hostile-public"
+        path = "/public"
+        upstream = "http://127.0.0.1:{server.server_port}"
+        auth = "public"
+        """
+    )
+    gateway = make_gateway(tmp_path_factory.mktemp("hostile"), routes)
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("path", ["/hostile/plant", "/hostile/clear", "/public/plant"])
+def test_an_upstream_can_neither_set_nor_clear_any_gateway_cookie(hostile_gw, path):
+    # a planted `gw_session_oidc` (the attacker's own flow handle) would sign the victim in as
+    # the attacker at the callback; a planted `_mfa`, `_csrf` or `_handoff` is as much ours
+    token = login(hostile_gw, "alice")
+    response = request(hostile_gw, "GET", path, [("Cookie", f"gw_session={token}")])
+    assert response.status == 200
+    names = [c.split("=", 1)[0] for c in response.header("set-cookie")]
+    assert names == ["theme"]
+
+
+def test_no_gateway_cookie_reaches_the_upstream(hostile_gw):
+    token = login(hostile_gw, "alice")
+    theirs = [f"{name}=ours" for name in GATEWAY_COOKIES[1:]]
+    cookie = "; ".join(["theme=dark", f"gw_session={token}", *theirs, "lang=en"])
+    response = request(hostile_gw, "GET", "/hostile/x", [("Cookie", cookie)])
+    assert response.status == 200
+    assert json.loads(response.body)["cookie"] == ["theme=dark; lang=en"]
+
+
+def test_every_cookie_the_gateway_sets_is_one_it_guards():
+    """Each cookie name the gateway's code builds from `[session] cookie` is a guarded one."""
+    from gateway.core.nexthop import COOKIE_SUFFIXES
+
+    built = set()
+    for source in (ROOT / "gateway").rglob("*.py"):
+        text = Path(source).read_text()
+        built |= set(re.findall(r"(?:cookie_name|session\.cookie) \+ \"(_\w+)\"", text))
+    assert built, "no gateway cookie names found: the pattern is out of date"
+    assert built <= set(COOKIE_SUFFIXES)
+    assert {"_oidc", "_oidc_retry", "_mfa", "_csrf", "_handoff"} <= built
