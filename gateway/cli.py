@@ -299,6 +299,12 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return asyncio.run(work())
 
 
+def _printable(text: str) -> str:
+    """`text` with what does not print (a terminal's escape sequences, say in a factor name
+    kept before names were cleaned) shown escaped, as repr() shows it."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
@@ -341,7 +347,7 @@ def cmd_mfa(args: argparse.Namespace) -> int:
                     rows.append(
                         [
                             f.kind,
-                            f.name,
+                            _printable(f.name),
                             f.id,
                             _when(f.created),
                             "never" if f.last_used is None else _when(f.last_used),

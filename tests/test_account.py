@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ USERS_HERE = {
     "grace": ("grace-password-1", ("staff", "ops")),
     "heidi": ("heidi-password-1", ("staff",)),
     "ivan": ("ivan-password-1", ("staff",)),
+    "kate": ("kate-password-1", ("staff",)),
 }
 HTML = {"accept": "text/html"}
 JSON = {"accept": "application/json"}
@@ -423,6 +425,58 @@ def test_adding_an_authenticator_app_from_the_page(gw: Gateway) -> None:
     assert "Work phone" in page and "The authenticator app was added." in page
 
 
+def test_adding_an_app_beside_a_factor_needs_a_current_one(gw: Gateway) -> None:
+    kate = login(gw, "kate", "Kate/1.0")
+    secret, recovery = enroll(kate)
+    # a factor entered just now: the page offers adding one, and shows the new QR code
+    page, _ = account(kate)
+    assert f'href="{P}/account/totp"' in page and f'action="{P}/account/confirm"' not in page
+    response = kate.get(f"{P}/account/totp", headers=HTML)
+    assert response.status_code == 200 and "<svg" in response.text
+    new = re.search(r'<p class="secret">([A-Z2-7 ]+)</p>', response.text).group(1)
+    new = new.replace(" ", "")
+    assert new != secret
+
+    # more than CONFIRM_TTL later (a stolen cookie, say): no app without a factor now
+    forget_confirmation(gw, sid(kate))
+    response = kate.get(f"{P}/account/totp", headers=JSON)
+    assert response.status_code == 403 and response.json()["error"] == "confirm_required"
+    response = kate.get(f"{P}/account/totp", headers=HTML)
+    assert response.status_code == 403 and "Enter a current code" in response.text
+    assert "<svg" not in response.text
+    page, _ = account(kate)
+    # the page asks for the code in place of the add buttons
+    assert f'href="{P}/account/totp"' not in page and 'data-webauthn="register"' not in page
+    assert f'action="{P}/account/confirm"' in page and 'aria-label="Current code"' in page
+    refused = kate.post(f"{P}/mfa/totp/enroll", json={"code": code(new, 0), "name": "Thief"})
+    assert refused.status_code == 403 and refused.json()["error"] == "confirm_required"
+    # a wrong current code is refused and counted
+    refused = kate.post(
+        f"{P}/mfa/totp/enroll",
+        json={"code": code(new, 0), "confirm_code": wrong_code(secret), "name": "Thief"},
+    )
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_code"
+    # with a current code of the app kate has: added
+    done = kate.post(
+        f"{P}/mfa/totp/enroll",
+        json={"code": code(new, 0), "confirm_code": code(secret, 0), "name": "Tablet"},
+    )
+    assert done.status_code == 200, done.text
+    assert "recovery_codes" not in done.json()
+
+    # from the page: confirm with a code (here a recovery code), then the add buttons are back
+    forget_confirmation(gw, sid(kate))
+    assert kate.get(f"{P}/account/totp", headers=JSON).status_code == 403
+    response = post(gw, kate, "confirm", {"code": ""})
+    assert response.status_code == 403 and "Enter a current code" in response.text
+    response = post(gw, kate, "confirm", {"code": recovery[0]})
+    assert notice_of(response).endswith("notice=confirmed")
+    page, _ = account(kate)
+    assert f'href="{P}/account/totp"' in page and f'action="{P}/account/confirm"' not in page
+    assert kate.get(f"{P}/account/totp", headers=HTML).status_code == 200
+    assert "Tablet" in page and "Thief" not in page
+
+
 # -- password -------------------------------------------------------------------------------
 
 
@@ -500,6 +554,20 @@ def test_account_page_in_chromium(gw: Gateway) -> None:
             page.get_by_role("button", name="Sign out", exact=True).click()
             page.wait_for_url(lambda u: "notice=session_ended" in u)
             sync_api.expect(page.get_by_text("That session was signed out.")).to_be_visible()
+            # five minutes on: adding a factor beside the app asks for a current code first
+            me = page.request.get(f"{site}{P}/me").json()
+            aging = threading.Thread(target=forget_confirmation, args=(gw, me["sid"]))
+            aging.start()
+            aging.join()
+            page.goto(f"{site}{P}/account")
+            form = page.locator(f'form[action="{P}/account/confirm"]')
+            sync_api.expect(form.get_by_text("confirm one you have first")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "account-confirm.png"), full_page=True)
+            form.locator('input[name="code"]').fill(code(secret, 1))
+            form.get_by_role("button", name="Confirm").click()
+            page.wait_for_url(lambda u: "notice=confirmed" in u)
+            sync_api.expect(page.get_by_text("you can add a second factor")).to_be_visible()
+            sync_api.expect(form).to_have_count(0)
             context.close()
         finally:
             browser.close()

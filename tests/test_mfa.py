@@ -4,6 +4,7 @@ at rest, config errors, and a real Chromium enrolling and signing in."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -745,3 +747,81 @@ def test_concurrent_completions_have_one_winner(gateway_factory, upstream):
         handles = [pending(gw)[1] for _ in range(6)]
         recovery = list(pool.map(lambda h: post("/.auth/mfa/recovery", codes[3], h), handles))
         assert sorted(recovery) == [200] + [401] * 5, recovery
+
+
+# -- the enrollment secret is one sign-in's; factor names print -----------------------------
+
+
+def test_each_pending_sign_in_gets_its_own_enrollment_secret(gateway_factory, upstream):
+    gw = start(gateway_factory, upstream, "[mfa]\nrequired = true\n")
+    victim, victim_handle, _ = pending(gw, "bob")
+    other, other_handle, _ = pending(gw, "bob")  # the same password, another sign-in
+    secrets_seen = {}
+    for name, client in (("victim", victim), ("other", other)):
+        doc = client.get("/.auth/mfa", headers=JSON).json()
+        assert doc["enroll"] is True
+        secrets_seen[name] = doc["totp"]["secret"]
+        # a reload shows the same secret to the same sign-in
+        assert (
+            client.get("/.auth/mfa", headers=JSON).json()["totp"]["secret"] == doc["totp"]["secret"]
+        )
+    assert secrets_seen["victim"] != secrets_seen["other"]
+    # the secret another sign-in of the user was shown does not enroll this one...
+    refused = other.post(
+        "/.auth/mfa/totp/enroll",
+        json={"pending": other_handle, "code": code(secrets_seen["victim"])},
+    )
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_code"
+    # ...and the victim enrolls the secret it was shown
+    done = victim.post(
+        "/.auth/mfa/totp/enroll",
+        json={"pending": victim_handle, "code": code(secrets_seen["victim"], -30)},
+    )
+    assert done.status_code == 200, done.text
+    # the secret the other sign-in read is no factor of bob's: password and its code fail
+    later, later_handle, doc = pending(gw, "bob")
+    assert doc["methods"] == ["totp", "recovery"]
+    refused = later.post(
+        "/.auth/mfa/totp", json={"pending": later_handle, "code": code(secrets_seen["other"])}
+    )
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_code"
+
+
+def _control_characters(text: str) -> set[str]:
+    return {ch for ch in text if not ch.isprintable() and ch != "\n"}
+
+
+def test_factor_names_lose_control_characters_and_the_cli_escapes_old_ones(
+    gateway_factory, upstream
+):
+    gw = start(gateway_factory, upstream)
+    client = gw.login("alice")
+    secret = client.get("/.auth/mfa", headers=JSON).json()["totp"]["secret"]
+    name = "\x1b]0;owned\x07Phone\x1b[2J\x9b31m\u202e"
+    done = client.post("/.auth/mfa/totp/enroll", json={"code": code(secret, -30), "name": name})
+    assert done.status_code == 200, done.text
+    listed = cli(gw, "mfa", "list", "alice")
+    assert listed.returncode == 0, listed.stderr
+    assert "]0;ownedPhone[2J31m" in listed.stdout
+    assert not _control_characters(listed.stdout)
+
+    # a name kept before names were cleaned is listed escaped
+    from gateway.auth.sealed import Sealer
+    from gateway.mfa.factors import Factors
+    from gateway.store import open_store
+
+    async def keep_raw_name() -> None:
+        store = open_store("sqlite:///data/gateway.db", gw.directory)
+        try:
+            factors = Factors(store, Sealer(gw.directory / "keys"), time.time)
+            await factors.add("alice", "totp", "Old\x1b]0;x\x07key", {"secret": secret})
+        finally:
+            await store.close()
+
+    # in a thread of its own: a browser test of this module may hold this thread's loop
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, keep_raw_name()).result()
+    listed = cli(gw, "mfa", "list", "alice")
+    assert listed.returncode == 0, listed.stderr
+    assert "Old\\x1b]0;x\\x07key" in listed.stdout
+    assert not _control_characters(listed.stdout)

@@ -508,3 +508,83 @@ def test_the_origin_a_browser_reports_for_public_url(public_url, expected):
     from gateway.mfa.webauthn import web_origin
 
     assert web_origin(public_url) == expected
+
+
+# -- adding a key beside other factors ------------------------------------------------------
+
+
+def _step_code(secret: str, steps: int = 0) -> str:
+    """The code `steps` 30-second steps from now (never in the last moment of a step)."""
+    import pyotp
+
+    now = time.time()
+    if now % 30 > 28.5:
+        time.sleep(30 - now % 30 + 0.2)
+        now = time.time()
+    return pyotp.TOTP(secret).at(now + 30 * steps)
+
+
+def _forget_confirmation(gw: Gateway, sid: str) -> None:
+    """As if this session's factor were entered longer than CONFIRM_TTL ago."""
+    from gateway.store import open_store
+
+    async def work() -> None:
+        store = open_store("sqlite:///data/gateway.db", gw.directory)
+        try:
+            await store.delete_record(f"mfa-confirmed:{sid}")
+        finally:
+            await store.close()
+
+    asyncio.run(work())
+
+
+def test_an_old_session_adds_a_key_beside_its_factors_only_with_a_current_one(
+    gateway_factory, upstream
+):
+    from tests.test_mfa import enroll
+
+    gw = start(gateway_factory, upstream)
+    client, secret, recovery, done = enroll(gw, "alice")  # password + app, just now
+    sid = done["sid"]
+    # a factor entered just now: a key is added without asking again
+    fresh = SoftAuthenticator(origin(gw))
+    added = client.post(
+        f"{P}/mfa/webauthn/register",
+        json={"credential": fresh.create(options(client, "register")), "name": "Fresh"},
+    )
+    assert added.status_code == 200, added.text
+
+    # the same session (or its stolen cookie) after CONFIRM_TTL: no key without a factor now
+    early = options(client, "register")  # a challenge asked for while it still could
+    _forget_confirmation(gw, sid)
+    refused = client.post(f"{P}/mfa/webauthn/register/options", json={})
+    assert refused.status_code == 403 and refused.json()["error"] == "confirm_required"
+    thief = SoftAuthenticator(origin(gw))
+    refused = client.post(
+        f"{P}/mfa/webauthn/register", json={"credential": thief.create(early), "name": "Thief"}
+    )
+    assert refused.status_code == 403 and refused.json()["error"] == "confirm_required"
+    wrong = next(c for c in ("000000", "111111") if c != _step_code(secret))
+    refused = client.post(f"{P}/mfa/webauthn/register/options", json={"confirm_code": wrong})
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_code"
+    # the thief's key signs nobody in
+    assert passkey(gw, thief).status_code == 401
+    listed = cli(gw, "mfa", "list", "alice")
+    assert "Thief" not in listed.stdout and "Fresh" in listed.stdout
+
+    # with a current code: the options, then the key (the same code again is no second use)
+    current = _step_code(secret, 0)
+    opts = options(client, "register", {"confirm_code": current})
+    spare = SoftAuthenticator(origin(gw))
+    added = client.post(
+        f"{P}/mfa/webauthn/register",
+        json={"credential": spare.create(opts), "name": "Spare", "confirm_code": current},
+    )
+    assert added.status_code == 200, added.text
+    # a recovery code confirms as well
+    _forget_confirmation(gw, sid)
+    opts = options(client, "register", {"confirm_code": recovery[0]})
+    third = SoftAuthenticator(origin(gw))
+    added = client.post(f"{P}/mfa/webauthn/register", json={"credential": third.create(opts)})
+    assert added.status_code == 200, added.text
+    assert "Spare" in cli(gw, "mfa", "list", "alice").stdout

@@ -4,6 +4,8 @@ password.
     GET  /account                         the page (a notice= key shows a short message)
     GET  /account/totp                    add an authenticator app: its QR code, posting to
                                           {prefix}/mfa/totp/enroll with next={prefix}/account
+                                          (beside other factors: confirmed a moment ago)
+    POST /account/confirm                 code=           confirm a factor, to add another
     POST /account/factors/remove          factor= code=   (code: or confirmed a moment ago)
     POST /account/recovery                code=           new recovery codes, shown once
     POST /account/sessions/revoke         session=        one other session of this user
@@ -11,7 +13,10 @@ password.
     POST /account/password                current= new= confirm=  (users = "file" only)
 
 A security key is added by the page's WebAuthn button, through {prefix}/mfa/webauthn/register
-(gateway.endpoints.webauthn) with next={prefix}/account.
+(gateway.endpoints.webauthn) with next={prefix}/account. Adding a factor beside others, removing
+one and new recovery codes all need a factor confirmed within CONFIRM_TTL or a current code
+(MfaStep.confirm): while there is none, the page offers the code field in place of the add
+buttons.
 
 Every form is same-origin and CSRF-checked (MfaStep.fields). A user with second factors sees
 the page only from a session that entered one. Sessions are named in forms by a hash of
@@ -41,8 +46,8 @@ from gateway.core.context import Identity, context_of
 from gateway.core.decide import Core
 from gateway.core.policy import has_second_factor
 from gateway.endpoints.common import HEADERS, Refused, json_error, wants_json
-from gateway.endpoints.mfa import MfaStep, Subject
-from gateway.mfa.totp import check_code, provisioning_uri, qr_svg
+from gateway.endpoints.mfa import CONFIRM_REQUIRED, MfaStep, Subject
+from gateway.mfa.totp import provisioning_uri, qr_svg
 from gateway.pages import render_account, webauthn_box
 from gateway.runtime import Runtime
 from gateway.sources.base import MAX_PASSWORD_BYTES, canonical_username
@@ -62,6 +67,7 @@ NOTICES = {
     "password_changed": "Your password was changed; your other sessions were signed out.",
     "totp_added": "The authenticator app was added.",
     "key_added": "The security key was added.",
+    "confirmed": "Confirmed: you can add a second factor for the next few minutes.",
 }
 
 
@@ -81,6 +87,7 @@ class Account:
         return [
             Route(f"{p}/account", self.page, methods=["GET"]),
             Route(f"{p}/account/totp", self.totp_page, methods=["GET"]),
+            Route(f"{p}/account/confirm", self.confirm, methods=["POST"]),
             Route(f"{p}/account/factors/remove", self.remove_factor, methods=["POST"]),
             Route(f"{p}/account/recovery", self.regenerate, methods=["POST"]),
             Route(f"{p}/account/sessions/revoke", self.revoke_session, methods=["POST"]),
@@ -203,7 +210,17 @@ class Account:
             if rt.config.mfa.totp
             else ""
         )
-        if rt.config.webauthn_on:
+        if methods and not confirmed:
+            # another factor only with one of these confirmed now (MfaStep.may_add)
+            add = (
+                f'<form method="post" action="{p}/account/confirm">{csrf}'
+                '<p class="hint">To add a second factor, confirm one you have first.</p>'
+                f"{confirm}"
+                '<button type="submit" class="secondary">Confirm</button></form>'
+                if confirm
+                else ""
+            )
+        elif rt.config.webauthn_on:
             add += webauthn_box(
                 kind="register",
                 prefix=self.prefix,
@@ -304,8 +321,8 @@ class Account:
         target = quote(f"{self.prefix}/account", safe="/")
         return (
             f'<p class="hint"><a href="{html.escape(self.prefix)}/mfa?confirm=1&amp;next='
-            f'{html.escape(target)}">Confirm with your security key</a> to remove a factor or '
-            "make new recovery codes.</p>"
+            f'{html.escape(target)}">Confirm with your security key</a> to add or remove a factor '
+            "or make new recovery codes.</p>"
         )
 
     def _password_changeable(self, identity: Identity) -> bool:
@@ -336,6 +353,12 @@ class Account:
             if not self.rt.config.mfa.totp:
                 return json_error(404, "totp_off", "Authenticator apps are turned off here.")
             subject = self._subject(who)
+            if await self._methods(who.sub) and not await self.mfa.recently_confirmed(who):
+                # beside other factors: one of them first (MfaStep.may_add asks it again)
+                refused = Refused(403, "confirm_required", CONFIRM_REQUIRED)
+                if wants_json(request):
+                    return json_error(refused.status, refused.code, refused.detail)
+                return await self._page(request, who, error=refused.detail, status=refused.status)
             secret = await self.mfa.enroll_secret(subject)
             uri = provisioning_uri(
                 secret, subject.username or subject.user_id, self.rt.config.mfa.issuer
@@ -398,35 +421,19 @@ class Account:
 
     async def _confirm(self, request: Request, subject: Subject, fields: dict) -> None:
         """A current second factor: a code in the form (checked, counted when wrong), or one
-        this session entered a moment ago."""
-        identity = subject.identity
-        assert identity is not None
-        code = fields.get("code", "")
-        if not isinstance(code, str) or len(code) > _MAX_CODE:
-            raise Refused(400, "bad_request", "Enter the code.")
-        code = code.strip()
-        if not code:
-            if await self.mfa.recently_confirmed(identity):
-                return
-            raise Refused(
-                403, "confirm_required", "Enter a current code from your app or a recovery code."
-            )
-        methods = await self._methods(subject.user_id)
-        async with self.mfa.attempt(request, subject):
-            digits = code.replace(" ", "")
-            if digits.isdigit() and len(digits) <= 8:
-                method = "totp"
-                ok = "totp" in methods and bool(
-                    await check_code(self.rt.factors, subject.user_id, code, self.rt.clock)
-                )
-            else:
-                method = "recovery"
-                ok = "recovery" in methods and await self.rt.factors.use_recovery(
-                    subject.user_id, code
-                )
-            if not ok:
-                raise await self.mfa.failed(request, subject, method, "wrong_code")
-        await self.rt.limiter.succeeded(subject.limit_name, subject.limit_account)
+        this session entered a moment ago (MfaStep.confirm, as adding a factor asks)."""
+        await self.mfa.confirm(request, subject, fields.get("code", ""))
+
+    async def confirm(self, request: Request) -> Response:
+        return await self._form(request, self._confirm_now)
+
+    async def _confirm_now(
+        self, request: Request, identity: Identity, fields: dict, subject: Subject, as_json: bool
+    ) -> Response:
+        if not await self._methods(identity.sub):
+            raise Refused(400, "not_enrolled", "Set up a second factor first.")
+        await self._confirm(request, subject, fields)
+        return self._done(as_json, "confirmed")
 
     async def remove_factor(self, request: Request) -> Response:
         return await self._form(request, self._remove_factor)

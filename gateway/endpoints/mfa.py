@@ -4,23 +4,27 @@
     POST /mfa/totp          a code from an authenticator app
     POST /mfa/recovery      a recovery code (each once)
     POST /mfa/totp/enroll   the first code of a new authenticator app, which enrolls it
+                            (beside a factor the user has: confirm_code= or a factor
+                            entered within CONFIRM_TTL, as MfaStep.may_add says)
 
 Who is being asked (a `Subject`) is either a pending sign-in (gateway.mfa.pending: its cookie,
 or `pending` in a JSON body) or the caller's own session, whose token lacks a second factor
 (step-up: `mfa = true` routes, `[mfa] required`). Completing the step begins the session of a
 pending sign-in, or re-issues the session's token with the factor in `amr` (same session).
+The secret an enrollment page shows is kept for that pending sign-in or session alone.
 Wrong codes count in the login limits of the user, as wrong passwords do. The WebAuthn
 endpoints (gateway.endpoints.webauthn) use the same subject and completion.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from starlette.requests import Request
@@ -64,6 +68,7 @@ Check = Callable[[Request, "Subject", tuple[str, ...], dict, bool], Awaitable[Re
 
 ENROLL_TTL = 600.0  # an enrollment secret shown on the page waits this long for its first code
 CONFIRM_TTL = 300.0  # a factor entered counts as "just now" for the account page this long
+CONFIRM_REQUIRED = "Enter a current code from your app or a recovery code."
 _MAX_CODE = 64
 
 
@@ -392,8 +397,9 @@ class MfaStep:
 
     async def enroll_secret(self, subject: Subject) -> str:
         """The secret the enrollment page shows: kept (sealed) until its first code, so a
-        reload shows the same QR code the user may have scanned already."""
-        key = f"mfa-enroll:{user_key(subject.user_id)}"
+        reload shows the same QR code the user may have scanned already. It is this pending
+        sign-in's or this session's (`enroll_key`), never another's of the same user."""
+        key = enroll_key(subject)
         now = self.rt.clock()
         sealer = self.rt.sealer
         value = await self.rt.store.get_record(key, now)
@@ -429,10 +435,45 @@ class MfaStep:
         await self.rt.store.put_record(f"mfa-confirmed:{sid}", method, now, now + CONFIRM_TTL)
 
     async def recently_confirmed(self, identity: Identity) -> bool:
-        """True for a few minutes after this session entered a second factor (the account
-        page asks it before a factor is removed or the recovery codes are replaced)."""
+        """True for a few minutes after this session entered a second factor (`confirm`
+        asks it before a factor is added or removed or the recovery codes are replaced)."""
         key = f"mfa-confirmed:{identity.sid}"
         return await self.rt.store.get_record(key, self.rt.clock()) is not None
+
+    async def confirm(self, request: Request, subject: Subject, code: object) -> None:
+        """A current second factor of this session, before it changes the user's factors:
+        `code` (an app's code or a recovery code: checked, counted when wrong, and then this
+        session counts as confirmed just now), or, with no code, a factor it entered within
+        CONFIRM_TTL. Refused 403 confirm_required otherwise."""
+        identity = subject.identity
+        if identity is None:
+            raise Refused(403, "step_up_required", "Confirm a second factor you have first.")
+        if code is None:
+            code = ""
+        if not isinstance(code, str) or len(code) > _MAX_CODE:
+            raise Refused(400, "bad_request", "Enter the code.")
+        code = code.strip()
+        if not code:
+            if await self.recently_confirmed(identity):
+                return
+            raise Refused(403, "confirm_required", CONFIRM_REQUIRED)
+        methods = await self.methods(subject)
+        async with self.attempt(request, subject):
+            digits = code.replace(" ", "")
+            if digits.isdigit() and len(digits) <= 8:
+                method = "totp"
+                ok = "totp" in methods and bool(
+                    await check_code(self.rt.factors, subject.user_id, code, self.rt.clock)
+                )
+            else:
+                method = "recovery"
+                ok = "recovery" in methods and await self.rt.factors.use_recovery(
+                    subject.user_id, code
+                )
+            if not ok:
+                raise await self.failed(request, subject, method, "wrong_code")
+        await self.rt.limiter.succeeded(subject.limit_name, subject.limit_account)
+        await self.confirmed_now(identity.sid, method)
 
     async def submit(self, request: Request, kind: str, check: Check) -> Response:
         """A factor step's submission: read it (form with CSRF, or JSON), find its subject,
@@ -453,6 +494,11 @@ class MfaStep:
         except Refused as exc:
             if as_json or subject is None:
                 return json_error(exc.status, exc.code, exc.detail, exc.headers)
+            if kind in ("enroll", "register") and methods and subject.identity is not None:
+                # a session adding a factor beside its others (from the account page): after
+                # the factor it is asked for, back to the account page to add it again
+                back = self.redirects.resolve(f"{self.prefix}/account")
+                subject = replace(subject, next_target=back)
             if kind in ("enroll", "register") and not methods:
                 secret = await self.enroll_secret(subject) if self.rt.config.mfa.totp else ""
                 account = subject.username or subject.user_id
@@ -489,11 +535,22 @@ class MfaStep:
                 raise await self.failed(request, subject, kind, "wrong_code")
         return await self.complete(request, subject, kind, as_json)
 
-    def may_add(self, subject: Subject, methods: tuple[str, ...]) -> None:
+    async def may_add(
+        self, request: Request, subject: Subject, methods: tuple[str, ...], fields: dict
+    ) -> None:
         """Refused unless this subject may add a factor now: a first one on the way in, or
-        another from a session that entered a second factor."""
-        if methods and not (subject.identity is not None and subject.stepped_up):
+        another from a session that entered a second factor and confirms one now (`confirm`:
+        within CONFIRM_TTL, or `confirm_code` in the request), as a removal does."""
+        if not methods:
+            return
+        if subject.identity is None or not subject.stepped_up:
             raise Refused(403, "step_up_required", "Confirm a second factor you have first.")
+        code = fields.get("confirm_code")
+        if code and await self.recently_confirmed(subject.identity):
+            # confirmed already (say, by the same code at the options a moment ago): a code
+            # checked twice would be refused as used
+            code = None
+        await self.confirm(request, subject, code)
 
     async def _enroll(
         self,
@@ -506,8 +563,8 @@ class MfaStep:
         if not self.rt.config.mfa.totp:
             raise Refused(404, "totp_off", "Authenticator apps are turned off here.")
         code = _code(fields)
-        self.may_add(subject, methods)
-        key = f"mfa-enroll:{user_key(subject.user_id)}"
+        await self.may_add(request, subject, methods, fields)
+        key = enroll_key(subject)
         async with self.attempt(request, subject):
             value = await self.rt.store.get_record(key, self.rt.clock())
             if value is None:
@@ -657,10 +714,26 @@ def _hidden(csrf: str, subject: Subject) -> str:
     )
 
 
+def enroll_key(subject: Subject) -> str:
+    """The record of the enrollment secret `subject` was shown: the user's, and of this
+    pending sign-in (its handle) or this session (its id), by a hash of either."""
+    if subject.handle:
+        holder = "pending:" + subject.handle
+    else:
+        assert subject.identity is not None
+        holder = "session:" + subject.identity.sid
+    digest = hashlib.sha256(holder.encode()).hexdigest()[:32]
+    return f"mfa-enroll:{user_key(subject.user_id)}:{digest}"
+
+
 def factor_name(fields: dict, default: str) -> str:
-    """The name the person gave a new factor (cut to 60 characters), or `default`."""
+    """The name the person gave a new factor, without characters that do not print (a
+    terminal's escape sequences) and cut to 60 characters, or `default`."""
     name = fields.get("name")
-    return name.strip()[:60] if isinstance(name, str) and name.strip() else default
+    if not isinstance(name, str):
+        return default
+    name = "".join(ch for ch in name if ch.isprintable()).strip()[:60].strip()
+    return name or default
 
 
 def _code(fields: dict) -> str:

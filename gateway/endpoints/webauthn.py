@@ -1,8 +1,9 @@
 """{prefix}/mfa/webauthn/...: security keys and passkeys (gateway.mfa.webauthn), and the script
 the pages load for the browser's WebAuthn calls.
 
-    POST /mfa/webauthn/register/options       options for a new key (JSON)
-    POST /mfa/webauthn/register               credential= [name=]: the new key, kept as a factor
+    POST /mfa/webauthn/register/options       [confirm_code=]: options for a new key (JSON)
+    POST /mfa/webauthn/register               credential= [name=] [confirm_code=]: the new key,
+                                              kept as a factor
     POST /mfa/webauthn/authenticate/options   options for a second factor or a step-up (JSON)
     POST /mfa/webauthn/authenticate           credential=: the key's answer, as a second factor
     POST /mfa/webauthn/passkey/options        options for a passkey sign-in (JSON, no user yet)
@@ -10,9 +11,11 @@ the pages load for the browser's WebAuthn calls.
     GET  /static/webauthn.js                  the script
 
 Registration and the second factor are the factor step's (MfaStep.submit: the same subject,
-CSRF, limits and completion as a code); a passkey is a sign-in of its own, like the password
-form: the user its handle names is asked of their source, as at a refresh, and a passkey
-must have verified the user (PIN or biometric), so it stands for both factors (amr ["hwk"]).
+CSRF, limits and completion as a code; a key beside the user's other factors needs one of
+them confirmed a moment ago or confirm_code=, MfaStep.may_add); a passkey is a sign-in of its
+own, like the password form: the user its handle names is asked of their source, as at a
+refresh, and a passkey must have verified the user (PIN or biometric), so it stands for both
+factors (amr ["hwk"]).
 Every submission is a form (with the page's CSRF token) or JSON; the options are JSON only.
 """
 
@@ -104,9 +107,9 @@ class WebAuthnSteps:
     async def register_options(self, request: Request) -> Response:
         """POST (JSON): options for navigator.credentials.create(), for the subject."""
         try:
-            subject, _ = await self._options(request, True)
+            subject, fields = await self._options(request, True)
             assert subject is not None
-            self.mfa.may_add(subject, await self.mfa.methods(subject))
+            await self.mfa.may_add(request, subject, await self.mfa.methods(subject), fields)
             options = await self.ceremonies.registration_options(
                 subject.user_id, subject.username or subject.user_id
             )
@@ -156,7 +159,7 @@ class WebAuthnSteps:
         fields: dict,
         as_json: bool,
     ) -> Response:
-        self.mfa.may_add(subject, methods)
+        await self.mfa.may_add(request, subject, methods, fields)
         await self.mfa.locked(request, subject)
         name = factor_name(fields, "Security key")
         try:
