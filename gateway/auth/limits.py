@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from gateway.config import LoginLimitsConfig
-from gateway.store.base import Store
+from gateway.store.base import Store, StoreUnavailable
+
+log = logging.getLogger("gateway.limits")
 
 # one address may try several accounts (an office behind NAT), so it gets a wider budget
 ADDRESS_FACTOR = 4
-# seconds: the longest one attempt holds its turn (a worker that dies mid-attempt frees it then)
-TURN_TTL = 30.0
-# seconds an attempt waits for its turn before it is refused as busy
-TURN_WAIT = 5.0
+# attempts of one address judged at once (an office behind NAT signs in together): the address
+# budget can be overrun by fewer than this many
+ADDRESS_TURNS = 16
+# seconds a turn is held at most: the turn of a worker that died mid-attempt, or one the store
+# lost in a failover before it was given back, is free again after this (an attempt slower
+# than this shares its user's turn with the next)
+TURN_TTL = 5.0
+# seconds an attempt waits for its turn before it is refused as busy (429)
+TURN_WAIT = 20.0
 
 
 class Busy(Exception):
@@ -85,7 +93,7 @@ class LoginLimiter:
 
     @asynccontextmanager
     async def turn(self, username: str, address: str) -> AsyncIterator[None]:
-        """Judge one attempt at a time per user, and at most ADDRESS_FACTOR at once per address.
+        """Judge one attempt at a time per user, and at most ADDRESS_TURNS at once per address.
 
         The limits are checked before an attempt and its failure counted after it: requests
         sent in parallel would all pass the check before the first failure is counted (300
@@ -97,12 +105,16 @@ class LoginLimiter:
         try:
             if username:
                 held.append(await self._take([f"login:turn:user:{_digest(username)}"]))
-            slots = [f"login:turn:addr:{_digest(address)}:{i}" for i in range(ADDRESS_FACTOR)]
+            slots = [f"login:turn:addr:{_digest(address)}:{i}" for i in range(ADDRESS_TURNS)]
             held.append(await self._take(slots))
             yield
         finally:
             for key in held:
-                await self.store.delete_record(key)
+                try:
+                    await self.store.delete_record(key)
+                except StoreUnavailable:
+                    # the attempt's own outcome stands; the turn frees itself after TURN_TTL
+                    log.warning("login limits: a turn could not be given back (store down)")
 
     async def _take(self, keys: list[str]) -> str:
         """The first of `keys` free (atomically, across workers and replicas), waiting for one."""
