@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.config import ConfigError, build_config
 from tests.conftest import USERS, Gateway
 from tests.soft_authenticator import SoftAuthenticator, b64
+from tests.test_account import forget_confirmation
 from tests.test_mfa import JSON, audit_lines, cli, pending, start
 from tests.upstream import RecordingUpstream
 
@@ -524,20 +525,6 @@ def _step_code(secret: str, steps: int = 0) -> str:
     return pyotp.TOTP(secret).at(now + 30 * steps)
 
 
-def _forget_confirmation(gw: Gateway, sid: str) -> None:
-    """As if this session's factor were entered longer than CONFIRM_TTL ago."""
-    from gateway.store import open_store
-
-    async def work() -> None:
-        store = open_store("sqlite:///data/gateway.db", gw.directory)
-        try:
-            await store.delete_record(f"mfa-confirmed:{sid}")
-        finally:
-            await store.close()
-
-    asyncio.run(work())
-
-
 def test_an_old_session_adds_a_key_beside_its_factors_only_with_a_current_one(
     gateway_factory, upstream
 ):
@@ -556,7 +543,7 @@ def test_an_old_session_adds_a_key_beside_its_factors_only_with_a_current_one(
 
     # the same session (or its stolen cookie) after CONFIRM_TTL: no key without a factor now
     early = options(client, "register")  # a challenge asked for while it still could
-    _forget_confirmation(gw, sid)
+    forget_confirmation(gw, sid)
     refused = client.post(f"{P}/mfa/webauthn/register/options", json={})
     assert refused.status_code == 403 and refused.json()["error"] == "confirm_required"
     thief = SoftAuthenticator(origin(gw))
@@ -582,7 +569,7 @@ def test_an_old_session_adds_a_key_beside_its_factors_only_with_a_current_one(
     )
     assert added.status_code == 200, added.text
     # a recovery code confirms as well
-    _forget_confirmation(gw, sid)
+    forget_confirmation(gw, sid)
     opts = options(client, "register", {"confirm_code": recovery[0]})
     third = SoftAuthenticator(origin(gw))
     added = client.post(f"{P}/mfa/webauthn/register", json={"credential": third.create(opts)})
