@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 
 from gateway.config import Config
 from gateway.core.casefold import ascii_lower
+from gateway.core.routing import split_host
 
 MAX_NEXT = 2048
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -156,9 +157,10 @@ class Redirects:
 
 
 def _route_ports(hosts: Iterable[str]) -> dict[str, set[int | None]]:
-    """Route hosts by name, each with its written ports (None: written without one)."""
+    """Route hosts by name, each with its written ports (None: written without one), read as
+    the router reads them."""
     out: dict[str, set[int | None]] = {}
     for written in hosts:
-        name, _, port = ascii_lower(written).partition(":")
-        out.setdefault(name.rstrip("."), set()).add(int(port) if port else None)
+        name, port = split_host(written)
+        out.setdefault(name, set()).add(port)
     return out

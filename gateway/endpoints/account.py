@@ -46,7 +46,7 @@ from gateway.core.context import Identity, context_of
 from gateway.core.decide import Core
 from gateway.core.policy import has_second_factor
 from gateway.endpoints.common import HEADERS, Refused, json_error, wants_json
-from gateway.endpoints.mfa import CONFIRM_REQUIRED, MfaStep, Subject
+from gateway.endpoints.mfa import MfaStep, Subject
 from gateway.mfa.totp import provisioning_uri, qr_svg
 from gateway.pages import render_account, webauthn_box
 from gateway.runtime import Runtime
@@ -353,9 +353,10 @@ class Account:
             if not self.rt.config.mfa.totp:
                 return json_error(404, "totp_off", "Authenticator apps are turned off here.")
             subject = self._subject(who)
-            if await self._methods(who.sub) and not await self.mfa.recently_confirmed(who):
-                # beside other factors: one of them first (MfaStep.may_add asks it again)
-                refused = Refused(403, "confirm_required", CONFIRM_REQUIRED)
+            try:
+                # beside other factors: one of them confirmed first (the enrollment asks again)
+                await self.mfa.may_add(request, subject, await self._methods(who.sub), {})
+            except Refused as refused:
                 if wants_json(request):
                     return json_error(refused.status, refused.code, refused.detail)
                 return await self._page(request, who, error=refused.detail, status=refused.status)

@@ -18,7 +18,6 @@ endpoints (gateway.endpoints.webauthn) use the same subject and completion.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import logging
 import secrets
@@ -722,8 +721,7 @@ def enroll_key(subject: Subject) -> str:
     else:
         assert subject.identity is not None
         holder = "session:" + subject.identity.sid
-    digest = hashlib.sha256(holder.encode()).hexdigest()[:32]
-    return f"mfa-enroll:{user_key(subject.user_id)}:{digest}"
+    return f"mfa-enroll:{user_key(subject.user_id)}:{user_key(holder)}"
 
 
 def factor_name(fields: dict, default: str) -> str:

@@ -19,15 +19,15 @@ from gateway.auth.keys import SigningKey, load_keys, write_key
 from gateway.auth.tokens import _RELOAD_EVERY
 from tests.conftest import standard_routes
 from tests.security.attack import (
-    assert_reason,
     claims,
-    marked,
     nothing_forwarded,
     only,
     request,
     signing_key,
     with_cookie,
 )
+from tests.security.test_jwt import _bearer
+from tests.security.test_jwt import assert_refused as refused_by_route
 
 
 def _b64(data: bytes) -> str:
@@ -53,19 +53,11 @@ def with_raw_claim(gw, name: str, raw: str) -> str:
     return signed_text(signing_key(gw), text)
 
 
-def _bearer(token: str) -> tuple[str, str]:
-    return ("Authorization", f"Bearer {token}")
-
-
 def assert_refused(gw, upstream, token: str, reason: str, via: str = "bearer") -> None:
-    """401 on a required route, the upstream never reached, `reason` in the access log; and
-    /.auth/me answers 401 too (not a 500 on a claim nobody checked)."""
+    """test_jwt's refusal (401, nothing forwarded, `reason` logged), and /.auth/me answers 401
+    too (not a 500 on a claim nobody checked)."""
+    refused_by_route(gw, upstream, token, reason, via)
     header = _bearer(token) if via == "bearer" else with_cookie(gw, token)
-    path = marked("/admin/x")
-    response = request(gw, "GET", path, [header])
-    assert response.status == 401, response.body
-    assert nothing_forwarded(upstream)
-    assert_reason(gw, path, reason)
     me = request(gw, "GET", "/.auth/me", [header])
     assert me.status == 401, me.body
 
